@@ -1,0 +1,559 @@
+"""The daf **files** store: a dataset is a directory of plain files, byte-compatible with the
+reference implementation (tanaylab/daf ``daf.storage.files``).
+
+Directory layout (every name is the daf name, so names must be valid file names)::
+
+    __daf__.yaml                 the bytes "version:\\n- 1\\n- 0\\n"; readers accept any [1, minor]
+                                 (extra keys ignored) and refuse another major version
+    <item>.yaml                  a 0D item, as PyYAML's safe_dump writes it (block style, sorted
+                                 keys), e.g. "human\\n...\\n"
+    <axis>#.csv                  an axis: one column, header = the axis name, one entry per line
+    <axis>#<prop>.csv            1D strings: header "<axis>,<prop>" ("<prop>.value" when prop is
+                                 the axis name); rows in axis order, missing (None) entries left out
+    <axis>#<prop>.yaml/.array    1D binary: the sidecar and the raw data
+    <rows>,<cols>#<prop>.csv     2D strings: header "<rows>,<cols>,<prop>" (".row"/".column"
+                                 suffixes when the axes are the same, then ".value" when the
+                                 prop equals one of those headers); rows in row-major order,
+                                 None left out
+    <rows>,<cols>#<prop>.yaml    2D binary sidecar, with either the row-major dense data
+          .array                 ... or the CSR sparse data:
+          .data/.indices/.indptr
+
+Binary sidecars are block-style YAML with sorted keys, e.g. a dense vector::
+
+    dtype: float32
+    shape:
+    - 3
+    version:
+    - 1
+    - 0
+
+and a sparse matrix: ``data_dtype``, ``indices_dtype``, ``indptr_dtype``, ``nnz``, ``shape``,
+``version``. Readers also accept flow style and extra keys. The raw files hold the elements
+little-endian in C order and nothing else; dtypes are the plain numpy names (see
+:data:`~opchain.daf.mapping.DTYPES`). A sparse matrix's shape is taken from its sidecar (so empty
+last columns and ``nnz: 0`` round-trip).
+
+CSV files are UTF-8 with ``\\n`` line ends and minimal quoting: a field is quoted only if it holds
+``,``, ``"``, ``\\n`` or ``\\r``, with ``"`` doubled inside. An empty string is an empty field, a
+missing value (``None``) is a left-out row, so ``""``, ``None`` and the text ``"None"`` all
+round-trip distinctly. Readers match string rows by entry name in any order (absent -> ``None``),
+skip blank lines and accept a UTF-8 byte-order mark.
+
+Readers ignore every other file and every subdirectory, and also ``metadata.yaml`` and
+``input_metadata.yaml`` (written by the opchain engine; those item names are reserved). A ``.array``
+without its sidecar is ignored (writers write the data first and the sidecar last). A sidecar
+without its data, data whose axis file is missing, or a name stored both as strings and as binary
+is refused when the dataset is opened; corrupt content (malformed YAML or CSV, unknown dtype,
+truncated files, shapes that don't match the axes) when the data is read.
+
+Compared with the HDF5 store: every binary datum is its own memory-mappable file (one file
+descriptor per mapped datum), plain tools (``ls``, ``make``, ``numpy.fromfile``) work on it, and
+text data stays human-readable; but a dataset is a directory, not a single file.
+
+Writers (:class:`FilesWriter`) write everything into a hidden sibling directory
+``.<name>.tmp-<8 hex digits>``, write ``__daf__.yaml`` last, and rename the directory into place on
+:meth:`~opchain.daf.interface.Writer.close`. With ``atomic=False`` they write straight into
+``path`` (for callers that already write a whole directory aside); ``__daf__.yaml`` is still
+written last, so an interrupted write is not a dataset. Written bytes depend only on the data (no
+timestamps), so writing the same data twice gives identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import yaml
+
+from opchain.daf.interface import (
+    Matrix,
+    Reader,
+    Writer,
+    _is_empty_dir,
+    _name_problem,
+    aside_path,
+    check_version,
+    commit,
+    frozen_copy,
+    item_to_yaml,
+)
+from opchain.daf.mapping import DTYPES, INDEX_DTYPES, frozen, make_csr, map_file, write_array
+from opchain.errors import DafError
+
+__all__ = ["DAF_YAML", "FilesReader", "FilesWriter"]
+
+#: The exact bytes of the ``__daf__.yaml`` this implementation writes.
+DAF_YAML = "version:\n- 1\n- 0\n"
+
+#: ``.yaml`` files that are never items: the format header and the opchain engine's metadata.
+NON_ITEM_FILES = frozenset({"__daf__.yaml", "metadata.yaml", "input_metadata.yaml"})
+
+SPARSE_SUFFIXES = ("data", "indices", "indptr")
+
+#: Suffixes of files a writer produces (used to refuse writing over a directory that holds some).
+DAF_SUFFIXES = (".yaml", ".csv", ".array", ".data", ".indices", ".indptr")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long strings are fine; the default is 128 KiB
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return yaml.safe_load(file)
+    except FileNotFoundError:
+        raise DafError(f"missing file: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        problem = " ".join(str(error).split())
+        raise DafError(f"malformed YAML file: {path} ({problem})") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        file.write(text)
+
+
+def _read_csv(path: Path, header: list[str], width: int) -> list[tuple[int, list[str]]]:
+    """The ``(line number, fields)`` rows after the header, checking the header is one of
+    ``header`` (a list of accepted header rows) and every row has ``width`` fields."""
+    rows: list[tuple[int, list[str]]] = []
+    reader = None
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            reader = csv.reader(file, strict=True)
+            for fields in reader:
+                if fields:
+                    rows.append((reader.line_num, fields))
+    except FileNotFoundError:
+        raise DafError(f"missing file: {path}") from None
+    except UnicodeDecodeError as error:
+        raise DafError(f"malformed CSV file: {path} (not UTF-8: {error.reason})") from None
+    except csv.Error as error:
+        line = reader.line_num if reader is not None else 0
+        raise DafError(f"malformed CSV file: {path} (line {line}: {error})") from None
+    if not rows:
+        raise DafError(f"malformed CSV file: {path} (empty, expected the header: {header[0]})")
+    found = rows[0][1]
+    if found not in header:
+        raise DafError(
+            f"malformed CSV file: {path} "
+            f"(header: {','.join(found)}, expected: {','.join(header[0])})"
+        )
+    for line, fields in rows[1:]:
+        if len(fields) != width:
+            raise DafError(
+                f"malformed CSV file: {path} (line {line}: {len(fields)} fields, expected {width})"
+            )
+    return rows[1:]
+
+
+def _csv_field(value: str) -> str:
+    if "," in value or '"' in value or "\n" in value or "\r" in value:
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _csv_line(*fields: str) -> str:
+    return ",".join(map(_csv_field, fields)) + "\n"
+
+
+def _headers_1d(axis: str, prop: str) -> list[list[str]]:
+    return [[axis, prop + ".value" if prop == axis else prop]]
+
+
+def _headers_2d(rows: str, cols: str, prop: str) -> list[list[str]]:
+    """The header the reference writes first, then one other reading of the rule in its docs."""
+    rows_header, cols_header = (rows + ".row", cols + ".column") if rows == cols else (rows, cols)
+    canonical = [rows_header, cols_header, prop]
+    if prop in (rows_header, cols_header):
+        canonical[2] = prop + ".value"
+    headers = [canonical]
+    if prop in (rows, cols) and canonical[2] == prop:
+        headers.append([rows_header, cols_header, prop + ".value"])
+    return headers
+
+
+def _valid_axis(name: str) -> bool:
+    return _name_problem(name) is None and "," not in name and "#" not in name
+
+
+class FilesReader(Reader):
+    """Read the daf files dataset in the directory ``path`` (see the module docstring)."""
+
+    format = "files"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(str(path))
+        directory = Path(path)
+        if not directory.is_dir():
+            problem = "not a directory" if directory.exists() else "missing"
+            raise DafError(f"{problem} dataset directory: {directory}")
+        header = directory / "__daf__.yaml"
+        if not header.is_file():
+            raise DafError(f"not a daf dataset (no __daf__.yaml): {directory}")
+        content = _load_yaml(header)
+        if not isinstance(content, dict) or "version" not in content:
+            raise DafError(f"malformed daf header (expected a version key): {header}")
+        check_version(content["version"], str(header))
+        self._start(directory)
+        self._scan()
+
+    def _start(self, directory: Path) -> None:
+        self._dir = directory
+        self._items: set[str] = set()
+        self._axes: dict[str, None] = {}
+        self._vectors: dict[str, dict[str, str]] = {}  # axis -> prop -> "csv" | "array"
+        self._matrices: dict[tuple[str, str], dict[str, str]] = {}  # also "sparse"
+
+    def _scan(self) -> None:
+        try:
+            names = {entry.name for entry in os.scandir(self._dir) if entry.is_file()}
+        except OSError as error:
+            raise DafError(f"can't list the dataset: {self._dir} ({error.strerror})") from None
+        data: list[tuple[tuple[str, ...], str, str]] = []
+        for name in sorted(names):
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or suffix not in ("yaml", "csv") or name in NON_ITEM_FILES:
+                continue
+            if "#" not in stem:
+                if suffix == "yaml" and _name_problem(stem) is None:
+                    self._items.add(stem)
+                continue
+            left, prop = stem.split("#", 1)
+            axes = tuple(left.split(","))
+            if prop == "":
+                if suffix == "csv" and len(axes) == 1 and _valid_axis(left):
+                    self._axes[left] = None
+                continue
+            if len(axes) > 2 or not all(map(_valid_axis, axes)):
+                continue
+            if suffix == "csv":
+                kind = "csv"
+            else:
+                if f"{stem}.csv" in names:
+                    raise DafError(
+                        f"both string and binary data: {self._dir / stem}.csv and .yaml "
+                        f"in the dataset: {self.path}"
+                    )
+                kind = self._binary_kind(stem, names, len(axes))
+            data.append((axes, prop, kind))
+        for axes, prop, kind in data:
+            for axis in axes:
+                if axis not in self._axes:
+                    suffix = "csv" if kind == "csv" else "yaml"
+                    raise DafError(
+                        f"missing axis file: {self._dir / axis}#.csv for the data file: "
+                        f"{self._dir / ','.join(axes)}#{prop}.{suffix}"
+                    )
+            if len(axes) == 1:
+                self._vectors.setdefault(axes[0], {})[prop] = kind
+            else:
+                self._matrices.setdefault((axes[0], axes[1]), {})[prop] = kind
+
+    def _binary_kind(self, stem: str, names: set[str], ndim: int) -> str:
+        sidecar = self._dir / f"{stem}.yaml"
+        dense = f"{stem}.array" in names
+        sparse = [f"{stem}.{suffix}" in names for suffix in SPARSE_SUFFIXES]
+        if dense and any(sparse):
+            raise DafError(f"both dense (.array) and sparse data files for the sidecar: {sidecar}")
+        if dense:
+            return "array"
+        if all(sparse):
+            if ndim == 1:
+                raise DafError(f"sparse data files for the 1D sidecar: {sidecar}")
+            return "sparse"
+        if any(sparse):
+            missing = next(
+                s for s, present in zip(SPARSE_SUFFIXES, sparse, strict=True) if not present
+            )
+            raise DafError(
+                f"missing data file: {self._dir / stem}.{missing} for the sidecar: {sidecar}"
+            )
+        raise DafError(f"missing data file: {self._dir / stem}.array for the sidecar: {sidecar}")
+
+    # Reading
+
+    def _item_names(self) -> set[str]:
+        return self._items
+
+    def _get_item(self, name: str) -> Any:
+        return _load_yaml(self._dir / f"{name}.yaml")
+
+    def _axis_names(self) -> dict[str, None]:
+        return self._axes
+
+    def _axis_entries(self, axis: str) -> np.ndarray:
+        path = self._dir / f"{axis}#.csv"
+        entries = [fields[0] for _, fields in _read_csv(path, [[axis]], 1)]
+        seen: set[str] = set()
+        for entry in entries:
+            if entry == "":
+                raise DafError(f"empty entry in the axis file: {path}")
+            if entry in seen:
+                raise DafError(f"duplicate entry: {entry!r} in the axis file: {path}")
+            seen.add(entry)
+        return frozen_copy(np.array(entries, dtype=object))
+
+    def _axis_index(self, axis: str) -> dict[str, int]:
+        return self._cached(
+            ("index", axis), lambda: {entry: i for i, entry in enumerate(self.axis_entries(axis))}
+        )
+
+    def _data1d_names(self, axis: str) -> dict[str, str]:
+        return self._vectors.get(axis, {})
+
+    def _get_data1d(self, axis: str, prop: str) -> np.ndarray:
+        stem = f"{axis}#{prop}"
+        if self._vectors[axis][prop] == "csv":
+            return self._read_strings(stem, (axis,), _headers_1d(axis, prop))
+        shape, dtypes, _ = self._read_sidecar(stem, (axis,), sparse=False)
+        return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
+
+    def _data2d_names(self, rows: str, columns: str) -> dict[str, str]:
+        return self._matrices.get((rows, columns), {})
+
+    def _get_data2d(self, rows: str, columns: str, prop: str) -> Matrix:
+        stem = f"{rows},{columns}#{prop}"
+        kind = self._matrices[(rows, columns)][prop]
+        if kind == "csv":
+            return self._read_strings(stem, (rows, columns), _headers_2d(rows, columns, prop))
+        shape, dtypes, nnz = self._read_sidecar(stem, (rows, columns), sparse=kind == "sparse")
+        if kind == "array":
+            return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
+        data = map_file(self._dir / f"{stem}.data", dtypes["data_dtype"], (nnz,))
+        indices = map_file(self._dir / f"{stem}.indices", dtypes["indices_dtype"], (nnz,))
+        indptr = map_file(self._dir / f"{stem}.indptr", dtypes["indptr_dtype"], (shape[0] + 1,))
+        return make_csr(data, indices, indptr, (shape[0], shape[1]), f"{self._dir / stem}.*")
+
+    def _read_sidecar(
+        self, stem: str, axes: tuple[str, ...], sparse: bool
+    ) -> tuple[list[int], dict[str, np.dtype], int]:
+        path = self._dir / f"{stem}.yaml"
+        content = _load_yaml(path)
+        if not isinstance(content, dict):
+            raise DafError(f"malformed sidecar (expected a mapping): {path}")
+        check_version(content.get("version"), str(path))
+        shape = content.get("shape")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == len(axes)
+            and all(isinstance(size, int) and not isinstance(size, bool) for size in shape)
+            and all(size >= 0 for size in shape)
+        ):
+            raise DafError(f"malformed shape: {shape!r} in the sidecar: {path}")
+        sizes = [self.axis_size(axis) for axis in axes]
+        if shape != sizes:
+            raise DafError(
+                f"shape mismatch: {shape} in the sidecar: {path} but the axes: {','.join(axes)} "
+                f"have {sizes} entries"
+            )
+        keys = ("data_dtype", "indices_dtype", "indptr_dtype") if sparse else ("dtype",)
+        dtypes: dict[str, np.dtype] = {}
+        for key in keys:
+            value = content.get(key)
+            allowed = DTYPES if key in ("dtype", "data_dtype") else INDEX_DTYPES
+            if not isinstance(value, str):
+                raise DafError(f"malformed {key}: {value!r} in the sidecar: {path}")
+            if value not in allowed:
+                raise DafError(
+                    f"unknown dtype: {value} for {key} in the sidecar: {path} "
+                    f"(expected one of: {', '.join(allowed)})"
+                )
+            dtypes[key] = np.dtype(value).newbyteorder("<")
+        nnz = content.get("nnz", 0)
+        if sparse and not (isinstance(nnz, int) and not isinstance(nnz, bool) and nnz >= 0):
+            raise DafError(f"malformed nnz: {nnz!r} in the sidecar: {path}")
+        return shape, dtypes, nnz
+
+    def _read_strings(
+        self, stem: str, axes: tuple[str, ...], headers: list[list[str]]
+    ) -> np.ndarray:
+        path = self._dir / f"{stem}.csv"
+        indices = [self._axis_index(axis) for axis in axes]
+        values = np.full([len(index) for index in indices], None, dtype=object)
+        seen = np.zeros(values.shape, dtype=bool)
+        for line, fields in _read_csv(path, headers, len(axes) + 1):
+            position = []
+            for axis, index, entry in zip(axes, indices, fields, strict=False):
+                at = index.get(entry)
+                if at is None:
+                    raise DafError(f"unknown {axis} entry: {entry!r} in line {line} of: {path}")
+                position.append(at)
+            where = tuple(position)
+            if seen[where]:
+                raise DafError(f"duplicate value for: {fields[:-1]} in line {line} of: {path}")
+            seen[where] = True
+            values[where] = fields[-1]
+        return frozen(values)
+
+
+class FilesWriter(FilesReader, Writer):
+    """Write a new daf files dataset to the directory ``path`` (see the module docstring).
+
+    An existing dataset at ``path`` is refused unless ``overwrite=True``; it is then replaced only
+    when the new one is complete. With ``atomic=False`` the files go straight into ``path`` (which
+    may exist and hold other files, e.g. the engine's ``metadata.yaml``); files there that look
+    like daf files (``*.yaml`` other than the reserved ones, ``*.csv``, ``*.array``, ``*.data``,
+    ``*.indices``, ``*.indptr``) are refused, or removed first if ``overwrite=True``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], overwrite: bool = False, *, atomic: bool = True
+    ) -> None:
+        Writer.__init__(self, str(path))
+        final = Path(path)
+        self._final = final
+        self._overwrite = overwrite
+        self._atomic = atomic
+        if final.exists() and not final.is_dir():
+            raise DafError(f"refuse to overwrite a non-directory with a dataset: {final}")
+        is_dataset = (final / "__daf__.yaml").is_file()
+        if is_dataset and not overwrite:
+            raise DafError(f"refuse to overwrite the existing dataset: {final}")
+        try:
+            if atomic:
+                if final.is_dir() and not is_dataset and not _is_empty_dir(final):
+                    raise DafError(f"refuse to replace a directory that is not a dataset: {final}")
+                final.parent.mkdir(parents=True, exist_ok=True)
+                directory = aside_path(final)
+                directory.mkdir()
+                self._finalizer = weakref.finalize(self, shutil.rmtree, directory, True)
+            else:
+                directory = final
+                directory.mkdir(parents=True, exist_ok=True)
+                self._clear(directory, overwrite)
+                self._finalizer = weakref.finalize(self, _nothing)
+        except OSError as error:
+            raise DafError(f"can't create the dataset: {final} ({error.strerror})") from None
+        self._start(directory)
+
+    @staticmethod
+    def _clear(directory: Path, overwrite: bool) -> None:
+        found = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.is_file()
+            and entry.name.endswith(DAF_SUFFIXES)
+            and entry.name not in NON_ITEM_FILES - {"__daf__.yaml"}
+        )
+        if found and not overwrite:
+            raise DafError(
+                f"refuse to overwrite the existing files: {found[0]} ... in: {directory}"
+            )
+        for name in found:
+            (directory / name).unlink()
+
+    def _commit(self) -> None:
+        _write_text(self._dir / "__daf__.yaml", DAF_YAML)
+        if self._atomic:
+            commit(self._dir, self._final, self._overwrite)
+            self._dir = self._final
+
+    # Writing
+
+    def _set_item(self, name: str, value: Any) -> None:
+        what = f"the item: {name} in the dataset: {self.path}"
+        _write_text(self._dir / f"{name}.yaml", item_to_yaml(value, what))
+        self._items.add(name)
+
+    def _create_axis(self, axis: str, entries: np.ndarray) -> None:
+        lines = [_csv_line(axis)]
+        lines.extend(_csv_line(entry) for entry in entries)
+        _write_text(self._dir / f"{axis}#.csv", "".join(lines))
+        self._axes[axis] = None
+        self._cache[("axis", axis)] = entries
+
+    def _set_data1d(self, axis: str, prop: str, vector: np.ndarray) -> None:
+        stem = f"{axis}#{prop}"
+        if vector.dtype == object:
+            lines = [_csv_line(*_headers_1d(axis, prop)[0])]
+            entries = self.axis_entries(axis)
+            lines.extend(
+                _csv_line(entry, value)
+                for entry, value in zip(entries, vector, strict=True)
+                if value is not None
+            )
+            _write_text(self._dir / f"{stem}.csv", "".join(lines))
+            kind = "csv"
+        else:
+            dtype = np.dtype(vector.dtype.name).newbyteorder("<")
+            self._write_raw(f"{stem}.array", vector, dtype)
+            self._write_sidecar(stem, {"dtype": dtype.name, "shape": [len(vector)]})
+            kind = "array"
+        self._vectors.setdefault(axis, {})[prop] = kind
+
+    def _set_data2d(self, rows: str, columns: str, prop: str, matrix: Matrix) -> None:
+        stem = f"{rows},{columns}#{prop}"
+        shape = [int(size) for size in matrix.shape]
+        if sp.issparse(matrix):
+            dtypes = {}
+            for suffix in SPARSE_SUFFIXES:
+                array = getattr(matrix, suffix)
+                dtypes[suffix] = np.dtype(array.dtype.name).newbyteorder("<")
+                self._write_raw(f"{stem}.{suffix}", array, dtypes[suffix])
+            sidecar = {
+                "data_dtype": dtypes["data"].name,
+                "indices_dtype": dtypes["indices"].name,
+                "indptr_dtype": dtypes["indptr"].name,
+                "nnz": int(matrix.indptr[-1]),
+                "shape": shape,
+            }
+            self._write_sidecar(stem, sidecar)
+            kind = "sparse"
+        elif matrix.dtype == object:
+            lines = [_csv_line(*_headers_2d(rows, columns, prop)[0])]
+            column_entries = self.axis_entries(columns)
+            for row_entry, values in zip(self.axis_entries(rows), matrix, strict=True):
+                lines.extend(
+                    _csv_line(row_entry, column_entry, value)
+                    for column_entry, value in zip(column_entries, values, strict=True)
+                    if value is not None
+                )
+            _write_text(self._dir / f"{stem}.csv", "".join(lines))
+            kind = "csv"
+        else:
+            dtype = np.dtype(matrix.dtype.name).newbyteorder("<")
+            self._write_raw(f"{stem}.array", matrix, dtype)
+            self._write_sidecar(stem, {"dtype": dtype.name, "shape": shape})
+            kind = "array"
+        self._matrices.setdefault((rows, columns), {})[prop] = kind
+
+    @contextmanager
+    def _create_dense_in_rows(
+        self, rows: str, columns: str, prop: str, dtype: np.dtype, shape: tuple[int, int]
+    ) -> Iterator[np.ndarray]:
+        stem = f"{rows},{columns}#{prop}"
+        path = self._dir / f"{stem}.array"
+        size = shape[0] * shape[1] * dtype.itemsize
+        with open(path, "wb") as file:
+            file.truncate(size)  # a sparse file: no disk writes until the data is written
+        array = np.memmap(path, dtype, "r+", shape=shape) if size else np.zeros(shape, dtype)
+        try:
+            yield array
+            if isinstance(array, np.memmap):
+                array.flush()
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._write_sidecar(stem, {"dtype": dtype.name, "shape": list(shape)})
+        self._matrices.setdefault((rows, columns), {})[prop] = "array"
+
+    def _write_raw(self, name: str, array: np.ndarray, dtype: np.dtype) -> None:
+        with open(self._dir / name, "wb", buffering=0) as file:
+            write_array(file, array, dtype)
+
+    def _write_sidecar(self, stem: str, content: dict[str, Any]) -> None:
+        _write_text(self._dir / f"{stem}.yaml", yaml.safe_dump({**content, "version": [1, 0]}))
+
+
+def _nothing() -> None:
+    """The cleanup of a non-atomic writer: what was written stays (without ``__daf__.yaml``)."""

@@ -1,0 +1,149 @@
+"""Low-level helpers for raw binary arrays: map them read-only, write them in bounded blocks, and
+wrap memory-mapped CSR buffers in a ``scipy.sparse.csr_matrix`` without copying them.
+
+The raw format is trivial: the elements, little-endian, in C (row-major) order, nothing else. The
+dtype and shape live elsewhere (a YAML sidecar in the files store, the HDF5 dataset header in h5).
+"""
+
+from __future__ import annotations
+
+import os
+from math import prod
+from typing import BinaryIO
+
+import numpy as np
+import scipy.sparse as sp
+
+from opchain.errors import DafError
+
+__all__ = [
+    "BLOCK_BYTES",
+    "DTYPES",
+    "INDEX_DTYPES",
+    "frozen",
+    "make_csr",
+    "map_file",
+    "map_region",
+    "write_array",
+]
+
+#: The element types of binary data, by their plain numpy names (always stored little-endian).
+DTYPES: tuple[str, ...] = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
+
+#: The element types allowed for the ``indices`` and ``indptr`` of a CSR matrix.
+INDEX_DTYPES: tuple[str, ...] = tuple(name for name in DTYPES if name.startswith(("int", "uint")))
+
+#: Arrays are written in blocks of at most this many bytes, so that writing a non-contiguous or
+#: byte-swapped array never needs a full in-memory copy.
+BLOCK_BYTES = 64 << 20
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """Mark ``array`` read-only and return it."""
+    array.flags.writeable = False
+    return array
+
+
+def map_region(
+    path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ...], offset: int = 0
+) -> np.ndarray:
+    """Map ``shape`` elements of ``dtype`` at ``offset`` of the file ``path`` read-only (no copy).
+
+    Empty arrays can't be mapped, so they come back as a read-only empty array. The caller checks
+    that the file is large enough.
+    """
+    if prod(shape) == 0:
+        return frozen(np.empty(shape, dtype=dtype))
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
+
+
+def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Map the whole raw file ``path`` read-only, after checking its size matches ``shape``."""
+    expected = prod(shape) * dtype.itemsize
+    try:
+        found = os.stat(path).st_size
+    except OSError as error:
+        raise DafError(f"can't read the data file: {path} ({error.strerror})") from None
+    if found < expected:
+        raise DafError(
+            f"truncated data file: {path} has {found} bytes, expected {expected} "
+            f"(shape {list(shape)} of {dtype.name})"
+        )
+    if found > expected:
+        raise DafError(
+            f"size mismatch of the data file: {path} has {found} bytes, expected {expected} "
+            f"(shape {list(shape)} of {dtype.name})"
+        )
+    return map_region(path, dtype, shape)
+
+
+def write_array(file: BinaryIO, array: np.ndarray, dtype: np.dtype) -> None:
+    """Write the elements of ``array`` to ``file`` as raw ``dtype`` (little-endian) in C order.
+
+    A C-contiguous array of the right dtype (e.g. a memory-mapped source) is written straight from
+    its buffer; anything else is converted in blocks of rows of at most :data:`BLOCK_BYTES`.
+    """
+    if array.size == 0:
+        return
+    if array.flags.c_contiguous and array.dtype == dtype:
+        _write_bytes(file, array.reshape(-1).view(np.uint8))
+        return
+    row_bytes = dtype.itemsize * prod(array.shape[1:])
+    rows_per_block = max(1, BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, array.shape[0], rows_per_block):
+        block = np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype)
+        _write_bytes(file, block.reshape(-1).view(np.uint8))
+
+
+def _write_bytes(file: BinaryIO, data: np.ndarray) -> None:
+    for start in range(0, data.size, BLOCK_BYTES):
+        view = memoryview(data[start : start + BLOCK_BYTES])
+        while view:
+            written = file.write(view)
+            view = view[written:]
+
+
+def make_csr(
+    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int], what: str
+) -> sp.csr_matrix:
+    """Wrap CSR buffers (typically memory-mapped) in a ``csr_matrix`` without copying them.
+
+    ``scipy``'s constructor copies ``int64`` indices whose values fit in ``int32`` (and reads them
+    all to find out), so for ``int32``/``int64`` indices the buffers are attached to an empty
+    matrix instead. Other index dtypes go through the constructor (which converts them). ``what``
+    names the data in error messages.
+    """
+    nnz = data.shape[0]
+    if indices.shape[0] != nnz or indptr.shape[0] != shape[0] + 1:
+        raise DafError(f"inconsistent sparse sizes for: {what}")
+    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
+        raise DafError(
+            f"corrupt sparse indptr for: {what} (starts at {int(indptr[0])} and ends at "
+            f"{int(indptr[-1])}, expected 0 and nnz {nnz})"
+        )
+    if data.dtype == np.float16:
+        raise DafError(f"scipy.sparse does not support float16 data: {what}")
+    if indices.dtype.name not in ("int32", "int64") or indptr.dtype != indices.dtype:
+        return sp.csr_matrix((data, indices, indptr), shape=shape)
+    matrix = sp.csr_matrix(
+        (np.empty(0, data.dtype), np.empty(0, indices.dtype), np.zeros(1, indices.dtype)),
+        shape=(0, shape[1]),
+    )
+    matrix.data = data
+    matrix.indices = indices
+    matrix.indptr = indptr
+    matrix._shape = (int(shape[0]), int(shape[1]))
+    return matrix
