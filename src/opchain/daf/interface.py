@@ -129,8 +129,10 @@ def split_data1d_name(name: object) -> tuple[str, str]:
     if not isinstance(name, str) or "#" not in name:
         raise DafError(f"invalid 1D data name: {name!r} (expected axis#property)")
     axis, prop = name.split("#", 1)
+    check_axis_name(axis)
+    _check_name(prop, "property")
     _check_name(name, "1D data")
-    return check_axis_name(axis), _check_name(prop, "property")
+    return axis, prop
 
 
 def split_data2d_name(name: object) -> tuple[str, str, str]:
@@ -139,8 +141,11 @@ def split_data2d_name(name: object) -> tuple[str, str, str]:
         raise DafError(f"invalid 2D data name: {name!r} (expected rows,columns#property)")
     axes, prop = name.split("#", 1)
     rows, cols = axes.split(",")
+    check_axis_name(rows)
+    check_axis_name(cols)
+    _check_name(prop, "property")
     _check_name(name, "2D data")
-    return check_axis_name(rows), check_axis_name(cols), _check_name(prop, "property")
+    return rows, cols, prop
 
 
 def check_version(version: object, where: str) -> None:
@@ -238,6 +243,15 @@ def as_dtype(dtype: object, what: str) -> np.dtype:
             f"unsupported dtype: {name} for: {what} (expected one of: {', '.join(DTYPES)})"
         )
     return np.dtype(name).newbyteorder("<")
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """``np.asarray``, except that strings not already in an array become an object array (numpy's
+    fixed-width ``str`` dtype would silently drop trailing NUL characters)."""
+    array = np.asarray(value)
+    if array.dtype.kind == "U" and not isinstance(value, np.ndarray):
+        array = np.array(value, dtype=object)
+    return array
 
 
 def _kind_of(array: np.ndarray, what: str) -> str:
@@ -567,7 +581,7 @@ class Writer(Reader):
         if self.has_axis(axis):
             raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
         what = f"the entries of the axis: {axis} in the dataset: {self.path}"
-        array = np.asarray(entries if isinstance(entries, np.ndarray) else list(entries))
+        array = _as_array(entries if isinstance(entries, np.ndarray) else list(entries))
         if array.ndim != 1 or (array.size and array.dtype.kind not in "UO"):
             raise DafError(f"expected a 1D vector of strings for {what}")
         strings = _check_strings(array.astype(object), what, allow_none=False)
@@ -590,7 +604,7 @@ class Writer(Reader):
         what = f"the 1D data: {name} in the dataset: {self.path}"
         if sp.issparse(vector):
             raise DafError(f"sparse 1D data is not supported: {what}")
-        array = np.asarray(vector)
+        array = _as_array(vector)
         if array.ndim != 1:
             raise DafError(f"expected a 1D vector, got {array.ndim} dimensions: {what}")
         size = self.axis_size(axis)
@@ -619,7 +633,7 @@ class Writer(Reader):
                 csr.sum_duplicates()
             data: Matrix = csr
         else:
-            data = np.asarray(matrix)
+            data = _as_array(matrix)
             if data.ndim != 2:
                 raise DafError(f"expected a 2D matrix, got {data.ndim} dimensions: {what}")
             if _kind_of(data, what) == "str":
