@@ -62,6 +62,7 @@ timestamps), so writing the same data twice gives identical files.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import sys
@@ -84,6 +85,7 @@ from opchain.daf.interface import (
     aside_path,
     check_version,
     commit,
+    first_duplicate,
     frozen_copy,
     item_to_yaml,
 )
@@ -122,38 +124,60 @@ def _write_text(path: Path, text: str) -> None:
         file.write(text)
 
 
-def _read_csv(path: Path, header: list[str], width: int) -> list[tuple[int, list[str]]]:
-    """The ``(line number, fields)`` rows after the header, checking the header is one of
-    ``header`` (a list of accepted header rows) and every row has ``width`` fields."""
-    rows: list[tuple[int, list[str]]] = []
-    reader = None
+def _read_csv(path: Path, header: list[list[str]], width: int) -> tuple[list[list[str]], list[int]]:
+    """The ``width`` columns of the rows after the header, and the line number of each row.
+
+    The header must be one of ``header`` (the accepted header rows) and every row must have
+    ``width`` fields. Blank lines are skipped. Columns (not rows) keep large files fast.
+    """
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, strict=True)
-            for fields in reader:
-                if fields:
-                    rows.append((reader.line_num, fields))
+            text = file.read()
     except FileNotFoundError:
         raise DafError(f"missing file: {path}") from None
     except UnicodeDecodeError as error:
         raise DafError(f"malformed CSV file: {path} (not UTF-8: {error.reason})") from None
-    except csv.Error as error:
-        line = reader.line_num if reader is not None else 0
-        raise DafError(f"malformed CSV file: {path} (line {line}: {error})") from None
+    if '"' not in text and "\r" not in text:  # the common case: one line per row, no quoting
+        all_lines = text.split("\n")
+        numbers = [number for number, line in enumerate(all_lines, start=1) if line]
+        lines = [line for line in all_lines if line]
+        rows: list[list[str]] = [line.split(",") for line in lines[:1]]
+        body = lines[1:]
+        cells = ",".join(body).split(",") if body else []
+        if len(cells) != width * len(body):
+            for number, line in zip(numbers[1:], body, strict=True):
+                _check_width(path, number, line.count(",") + 1, width)
+        columns = [cells[column::width] for column in range(width)]
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows, numbers = [], []
+        try:
+            for fields in reader:
+                if fields:
+                    rows.append(fields)
+                    numbers.append(reader.line_num)
+        except csv.Error as error:
+            raise DafError(
+                f"malformed CSV file: {path} (line {reader.line_num}: {error})"
+            ) from None
+        for number, fields in zip(numbers[1:], rows[1:], strict=True):
+            _check_width(path, number, len(fields), width)
+        columns = [[fields[column] for fields in rows[1:]] for column in range(width)]
     if not rows:
         raise DafError(f"malformed CSV file: {path} (empty, expected the header: {header[0]})")
-    found = rows[0][1]
-    if found not in header:
+    if rows[0] not in header:
         raise DafError(
             f"malformed CSV file: {path} "
-            f"(header: {','.join(found)}, expected: {','.join(header[0])})"
+            f"(header: {','.join(rows[0])}, expected: {','.join(header[0])})"
         )
-    for line, fields in rows[1:]:
-        if len(fields) != width:
-            raise DafError(
-                f"malformed CSV file: {path} (line {line}: {len(fields)} fields, expected {width})"
-            )
-    return rows[1:]
+    return columns, numbers[1:]
+
+
+def _check_width(path: Path, line: int, found: int, width: int) -> None:
+    if found != width:
+        raise DafError(
+            f"malformed CSV file: {path} (line {line}: {found} fields, expected {width})"
+        )
 
 
 def _csv_field(value: str) -> str:
@@ -293,14 +317,13 @@ class FilesReader(Reader):
 
     def _axis_entries(self, axis: str) -> np.ndarray:
         path = self._dir / f"{axis}#.csv"
-        entries = [fields[0] for _, fields in _read_csv(path, [[axis]], 1)]
-        seen: set[str] = set()
-        for entry in entries:
-            if entry == "":
-                raise DafError(f"empty entry in the axis file: {path}")
-            if entry in seen:
-                raise DafError(f"duplicate entry: {entry!r} in the axis file: {path}")
-            seen.add(entry)
+        entries = _read_csv(path, [[axis]], 1)[0][0]
+        unique = set(entries)
+        if "" in unique:
+            raise DafError(f"empty entry in the axis file: {path}")
+        if len(unique) != len(entries):
+            duplicate = first_duplicate(entries)
+            raise DafError(f"duplicate entry: {duplicate!r} in the axis file: {path}")
         return frozen_copy(np.array(entries, dtype=object))
 
     def _axis_index(self, axis: str) -> dict[str, int]:
@@ -378,21 +401,26 @@ class FilesReader(Reader):
         self, stem: str, axes: tuple[str, ...], headers: list[list[str]]
     ) -> np.ndarray:
         path = self._dir / f"{stem}.csv"
-        indices = [self._axis_index(axis) for axis in axes]
-        values = np.full([len(index) for index in indices], None, dtype=object)
-        seen = np.zeros(values.shape, dtype=bool)
-        for line, fields in _read_csv(path, headers, len(axes) + 1):
-            position = []
-            for axis, index, entry in zip(axes, indices, fields, strict=False):
-                at = index.get(entry)
-                if at is None:
-                    raise DafError(f"unknown {axis} entry: {entry!r} in line {line} of: {path}")
-                position.append(at)
-            where = tuple(position)
-            if seen[where]:
-                raise DafError(f"duplicate value for: {fields[:-1]} in line {line} of: {path}")
-            seen[where] = True
-            values[where] = fields[-1]
+        columns, numbers = _read_csv(path, headers, len(axes) + 1)
+        shape = tuple(self.axis_size(axis) for axis in axes)
+        flat = [0] * len(numbers)
+        for axis, column, size in zip(axes, columns, shape, strict=False):
+            index = self._axis_index(axis)
+            positions = [index.get(entry, -1) for entry in column]
+            if -1 in positions:
+                row = positions.index(-1)
+                raise DafError(
+                    f"unknown {axis} entry: {column[row]!r} in line {numbers[row]} of: {path}"
+                )
+            flat = [at * size + position for at, position in zip(flat, positions, strict=True)]
+        if len(set(flat)) != len(flat):
+            row = flat.index(first_duplicate(flat))  # type: ignore[arg-type]
+            row = flat.index(flat[row], row + 1)
+            raise DafError(
+                f"duplicate value for the same entries in line {numbers[row]} of: {path}"
+            )
+        values = np.full(shape, None, dtype=object)
+        values.reshape(-1)[flat] = columns[-1]
         return frozen(values)
 
 
@@ -466,9 +494,10 @@ class FilesWriter(FilesReader, Writer):
         self._items.add(name)
 
     def _create_axis(self, axis: str, entries: np.ndarray) -> None:
-        lines = [_csv_line(axis)]
-        lines.extend(_csv_line(entry) for entry in entries)
-        _write_text(self._dir / f"{axis}#.csv", "".join(lines))
+        body = "".join(entry + "\n" for entry in entries)
+        if '"' in body or "," in body or "\r" in body or body.count("\n") != len(entries):
+            body = "".join(_csv_line(entry) for entry in entries)
+        _write_text(self._dir / f"{axis}#.csv", _csv_line(axis) + body)
         self._axes[axis] = None
         self._cache[("axis", axis)] = entries
 

@@ -50,6 +50,7 @@ from opchain.daf.interface import (
     aside_path,
     check_version,
     commit,
+    first_duplicate,
     frozen_copy,
     item_to_yaml,
 )
@@ -214,8 +215,11 @@ class H5Reader(Reader):
         if dataset.ndim != 1 or dataset.dtype.kind not in "SO":
             raise DafError(f"malformed axis (expected a vector of strings): {what}")
         entries = _decode_strings(dataset[()], what)
-        if len(set(entries)) != len(entries) or any(not entry for entry in entries):
-            raise DafError(f"empty or duplicate entries in the axis: {what}")
+        unique = set(entries)
+        if "" in unique or None in unique:
+            raise DafError(f"empty or missing entry in the axis: {what}")
+        if len(unique) != len(entries):
+            raise DafError(f"duplicate entry: {first_duplicate(entries)!r} in the axis: {what}")
         return frozen_copy(entries)
 
     def _data1d_names(self, axis: str) -> dict[str, h5py.Dataset]:

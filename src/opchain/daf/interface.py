@@ -218,18 +218,39 @@ def item_to_yaml(value: Any, what: str) -> str:
 def _check_strings(values: np.ndarray, what: str, allow_none: bool) -> np.ndarray:
     """Return an object array of ``str``/``None`` after checking every element."""
     strings = values.astype(object) if values.dtype.kind == "U" else values
-    for value in strings.flat:
-        if value is None and allow_none:
-            continue
-        if not isinstance(value, str):
-            raise DafError(f"unsupported string value: {value!r} in: {what}")
-        if "\0" in value:
-            raise DafError(f"unsupported NUL character in the string: {value!r} in: {what}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise DafError(f"string not encodable as UTF-8: {value!r} in: {what}") from None
+    present = [value for value in strings.flat if value is not None or not allow_none]
+    try:
+        joined = "".join(present)  # checks all at C speed; the loops below only find the culprit
+    except TypeError:
+        bad = next(value for value in present if not isinstance(value, str))
+        raise DafError(f"unsupported string value: {bad!r} in: {what}") from None
+    if "\0" in joined:
+        bad = next(value for value in present if "\0" in value)
+        raise DafError(f"unsupported NUL character in the string: {bad!r} in: {what}")
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(value for value in present if not _encodable(value))
+        raise DafError(f"string not encodable as UTF-8: {bad!r} in: {what}") from None
     return strings
+
+
+def first_duplicate(values: Iterable[Any]) -> Any:
+    """The first value that occurs a second time, if any (else ``None``)."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_dtype(dtype: object, what: str) -> np.dtype:
@@ -585,13 +606,11 @@ class Writer(Reader):
         if array.ndim != 1 or (array.size and array.dtype.kind not in "UO"):
             raise DafError(f"expected a 1D vector of strings for {what}")
         strings = _check_strings(array.astype(object), what, allow_none=False)
-        seen: set[str] = set()
-        for entry in strings:
-            if entry == "":
-                raise DafError(f"empty entry in {what}")
-            if entry in seen:
-                raise DafError(f"duplicate entry: {entry!r} in {what}")
-            seen.add(entry)
+        unique = set(strings)
+        if "" in unique:
+            raise DafError(f"empty entry in {what}")
+        if len(unique) != len(strings):
+            raise DafError(f"duplicate entry: {first_duplicate(strings)!r} in {what}")
         self._create_axis(axis, frozen_copy(strings))
 
     def set_data1d(self, name: str, vector: Any) -> None:

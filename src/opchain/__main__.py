@@ -1,0 +1,3 @@
+from opchain.cli import entrypoint
+
+entrypoint()

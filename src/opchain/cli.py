@@ -1,0 +1,157 @@
+"""The ``opchain`` command: run chains or one operation, see what is stale and why, list results.
+
+Running goes through a ``snakemake`` subprocess (not Snakemake's Python API, which ignores profiles),
+so ``opchain run`` behaves exactly like ``snakemake`` in the project folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opchain.errors import OpchainError
+from opchain.index import Index
+from opchain.plan import ChainPlan, Plan, Step, plan_from_config
+
+__all__ = ["entrypoint", "main", "main_parser"]
+
+
+def main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opchain", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config/config.yaml", help="the opchain config file")
+    parser.add_argument("--snakefile", type=Path, default=None,
+                        help="opchain's Snakefile (default: ./Snakefile, else the installed checkout's)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the configured chains (snakemake; extra args pass on)")
+    run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    one = commands.add_parser("run-op", help="run one operation file on a summary, outside a chain")
+    one.add_argument("operation", help="an operation file")
+    one.add_argument("input_path", help="a summary (folder of datasets) under the storage root")
+    one.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    status = commands.add_parser("status", help="which steps would run, and why")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("list", help="the chains' result directories, step by step")
+    index = commands.add_parser("index", help="maintain the fingerprint index")
+    index.add_argument("--rebuild", action="store_true", required=True,
+                       help="recreate the index from the results' metadata.yaml files")
+    return parser
+
+
+def main(cli_args: Sequence[str]) -> int:
+    args = main_parser().parse_args(cli_args)
+    try:
+        if args.command == "run":
+            return snakemake(args.snakefile, args.config, args.snakemake_args)
+        if args.command == "run-op":
+            return snakemake(args.snakefile, args.config, ["--config", f"operation={args.operation}",
+                                           f"input_path={args.input_path}", *args.snakemake_args])
+        plan = plan_from_config(load_config(args.config), job_process=False)
+        if args.command == "status":
+            return show_status(plan, as_json=args.json)
+        if args.command == "list":
+            return show_list(plan)
+        print(f"index rebuilt: {Index(plan.storage).rebuild()} steps")
+        return 0
+    except OpchainError as error:
+        print(f"opchain: {error}", file=sys.stderr)
+        return 1
+
+
+def load_config(path: str) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise OpchainError(f"{path}: no such config file (run opchain in the project folder)") from None
+    except yaml.YAMLError as error:
+        raise OpchainError(f"{path}: malformed YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise OpchainError(f"{path}: must be a mapping")
+    return config
+
+
+def find_snakefile(given: Path | None) -> Path:
+    """The Snakefile to run: the one given, the project's own, or the opchain checkout's."""
+    checkout = Path(__file__).resolve().parents[2] / "Snakefile"  # src/opchain/cli.py -> repo
+    for candidate in (given, Path("Snakefile"), checkout):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise OpchainError("no Snakefile: run opchain in its checkout, or pass --snakefile")
+
+
+def snakemake(snakefile: Path | None, config: str, extra: list[str]) -> int:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(find_snakefile(snakefile)),
+               "--configfile", config, *extra]
+    if not any(a.startswith(("--cores", "-c", "--jobs", "-j", "--profile")) for a in extra):
+        command += ["--cores", "all"]
+    return subprocess.call(command)
+
+
+def step_reasons(step: Step, previous: dict[str, Any] | None) -> list[str]:
+    """Why a step that has no result would run: what changed against the last compiled chain."""
+    if previous is None:
+        return ["never run"]
+    before = previous.get("components", {})
+    now = step.components
+    reasons = []
+    if before.get("settings") != now["settings"]:
+        reasons.append(f"parameters changed: {before.get('settings')} -> {now['settings']}")
+    if (before.get("code"), before.get("version")) != (now["code"], now["version"]):
+        reasons.append(f"operation code changed ({now['operation']})")
+    if before.get("upstream") != now["upstream"]:
+        reasons.append("input data changed" if now["upstream"].startswith("input:")
+                       else "an earlier step changed")
+    changed = {"operation", "format", "seed"} & {k for k in now if before.get(k) != now[k]}
+    reasons += [f"{key} changed" for key in sorted(changed)]
+    return reasons or ["result missing"]
+
+
+def step_done(plan: Plan, step: Step) -> bool:
+    return all((plan.storage / out).is_dir() for out in step.outputs)
+
+
+def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
+    manifest = plan.storage / chain.dir / "chain.yaml"
+    last = yaml.safe_load(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    rows = []
+    for r, steps in enumerate(chain.runs):
+        old = (last.get("runs") or [])[r]["steps"] if r < len(last.get("runs") or []) else []
+        for i, step in enumerate(steps):
+            done = step_done(plan, step)
+            rows.append({"chain": chain.spec.name, "run": r, "step": i + 1,
+                         "operation": step.operation.operation.name, "dir": step.dir,
+                         "status": "up to date" if done else "will run",
+                         "why": [] if done else step_reasons(step, old[i] if i < len(old) else None)})
+    return rows
+
+
+def show_status(plan: Plan, *, as_json: bool) -> int:
+    rows = [row for chain in plan.chains for row in chain_status(plan, chain)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
+        print(f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
+              f"{row['status']:<10} {row['dir']}{why}")
+    return 0
+
+
+def show_list(plan: Plan) -> int:
+    for chain in plan.chains:
+        print(f"{chain.spec.name}: {plan.storage / chain.dir}")
+        for r, steps in enumerate(chain.runs):
+            for i, step in enumerate(steps):
+                state = "done" if step_done(plan, step) else "missing"
+                print(f"  run {r} step {i + 1} {step.operation.operation.name:<16} {step.dir} ({state})")
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""The operation registry: what an operation is, how it is declared, and how a spec names one.
+
+An operation is a Python function ``fn(data, params, ctx)`` registered by name with a JSON schema for
+its parameters, a version and whether it is random. ``data`` is a daf reader over one input dataset,
+``params`` the validated parameters (defaults filled in), and ``ctx`` a :class:`Context` giving the
+output writer, the seed and random generator (random operations only), the datastore and a logger.
+User operations are named ``module:function`` in a spec; the function must be decorated with
+:func:`operation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from opchain.errors import SpecError
+
+__all__ = ["Context", "Operation", "get_operation", "operation", "registered_operations"]
+
+
+@dataclass
+class Context:
+    """What an operation gets besides its input and parameters."""
+
+    output: Any  # a daf Writer for the result dataset
+    datastore: Any  # an opchain.datastore.DataStore: non-array results, saved beside the dataset
+    log: logging.Logger
+    seed: int | None = None  # the run index; None for deterministic operations
+    rng: np.random.Generator | None = None  # seeded from ``seed``; None for deterministic ones
+    results: dict[str, Any] = field(default_factory=dict)  # scalar scores, kept in metadata.yaml
+
+
+OperationFunction = Callable[[Any, dict[str, Any], Context], None]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    function: OperationFunction
+    parameters: dict[str, Any]  # JSON schema "properties" of the parameter mapping
+    required: tuple[str, ...]
+    random: bool
+    version: str
+    resources: dict[str, int]  # cluster resources (mem_mb, runtime, cpus_per_task) it asks for
+
+    @cached_property
+    def validator(self) -> jsonschema.protocols.Validator:
+        schema = {"type": "object", "properties": self.parameters,
+                  "required": list(self.required), "additionalProperties": False}
+        return jsonschema.Draft202012Validator(schema)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: v["default"] for k, v in self.parameters.items() if "default" in v}
+
+    @cached_property
+    def code_hash(self) -> str:
+        """Changes when the operation's source or declared version changes: it reruns its steps."""
+        source = inspect.getsource(self.function)
+        return hashlib.sha256(f"{self.version}\n{source}".encode()).hexdigest()[:16]
+
+
+_REGISTRY: dict[str, Operation] = {}
+
+
+def operation(name: str, *, parameters: dict[str, Any], required: tuple[str, ...] = (),
+              random: bool = False, version: str = "1",
+              resources: dict[str, int] | None = None) -> Callable[[OperationFunction], OperationFunction]:
+    """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path)."""
+
+    def register(fn: OperationFunction) -> OperationFunction:
+        op = Operation(name, fn, parameters, tuple(required), random, version, resources or {})
+        fn.__opchain_operation__ = op  # type: ignore[attr-defined]
+        if fn.__module__.startswith("opchain."):
+            _REGISTRY[name] = op
+        return fn
+
+    return register
+
+
+def registered_operations() -> dict[str, Operation]:
+    return dict(_REGISTRY)
+
+
+def get_operation(name: Any) -> Operation:
+    """The operation a spec's ``type`` names: a built-in name or ``module:function``."""
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"must name an operation, not {name!r}")
+    if ":" not in name:
+        if name not in _REGISTRY:
+            raise SpecError(f"unknown operation '{name}' (built-in: {', '.join(sorted(_REGISTRY))}; "
+                            "or name a user operation as module:function)")
+        return _REGISTRY[name]
+    module_name, _, attribute = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SpecError(f"cannot load operation '{name}': {error}") from None
+    op = getattr(fn, "__opchain_operation__", None)
+    if op is None:
+        raise SpecError(f"'{name}' is not an operation: decorate it with @opchain.operation(...)")
+    return op
+
+
+from opchain.operations import builtin  # noqa: E402, F401  (registers the built-in operations)

@@ -1,0 +1,286 @@
+"""The built-in operations: preprocessing, projection, random splits and two evaluations.
+
+Each operation reads one matrix, named ``rows,columns#property`` by its ``matrix`` parameter, and
+writes a dataset that keeps the input's items, axes and 1D data (so labels flow down the chain) plus
+its own matrix. Dense matrices are processed in row blocks, so data larger than memory streams
+through; sparse (CSR) matrices are processed on their memory-mapped buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from opchain.errors import OpchainError
+from opchain.operations import Context, operation
+
+BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB keep memory flat whatever the matrix size
+
+MATRIX = {"type": "string", "pattern": "^[^,#/]+,[^,#/]+#[^/]+$",
+          "description": "the input matrix, as rows,columns#property"}
+AXIS = {"type": "string", "pattern": "^[^,#/]+$", "description": "an axis name"}
+VECTOR = {"type": "string", "pattern": "^[^,#/]+#[^/]+$", "description": "a vector, as axis#property"}
+
+
+def split_matrix_name(name: str) -> tuple[str, str, str]:
+    axes, prop = name.split("#", 1)
+    rows, columns = axes.split(",", 1)
+    return rows, columns, prop
+
+
+def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | None = None) -> None:
+    """Copy items, axes and 1D data to ``out``; with ``take``, keep only those entries of ``rows``."""
+    for name in data.item_names():
+        out.set_item(name, data.get_item(name))
+    for axis in data.axis_names():
+        keep = take if axis == rows else None
+        entries = data.axis_entries(axis)
+        out.create_axis(axis, entries if keep is None else entries[keep])
+        for vector in data.data1d_names(axis):
+            values = data.get_data1d(vector)
+            out.set_data1d(vector, values if keep is None else values[keep])
+
+
+def row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
+    step = max(1, BLOCK_BYTES // max(1, 8 * n_columns))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def dense_rows(matrix: Any, rows: slice) -> np.ndarray:
+    block = matrix[rows]
+    return block.toarray() if sp.issparse(block) else np.asarray(block)
+
+
+def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations in one streaming pass (float64 accumulators)."""
+    n_rows, n_columns = matrix.shape
+    total = np.zeros(n_columns)
+    squares = np.zeros(n_columns)
+    for rows in row_blocks(n_rows, n_columns):
+        block = dense_rows(matrix, rows).astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    mean = total / max(n_rows, 1)
+    std = np.sqrt(np.maximum(squares / max(n_rows, 1) - np.square(mean), 0.0))
+    return mean, std
+
+
+def write_rows(out: Any, name: str, blocks: Iterator[tuple[slice, np.ndarray]],
+               dtype: str = "float32") -> None:
+    """Fill a new dense matrix (its shape is its axes') block by block, straight into storage."""
+    with out.create_dense_in_rows(name, dtype=dtype) as target:
+        for rows, block in blocks:
+            target[rows] = block
+
+
+def require_columns(name: str, matrix: Any, needed: int, what: str) -> None:
+    if matrix.shape[1] < needed:
+        raise OpchainError(f"{what} {needed} exceeds the {matrix.shape[1]} columns of {name}")
+
+
+@operation("normalize", parameters={
+    "matrix": MATRIX,
+    "target_sum": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                   "description": "each row is scaled to sum to this"},
+})
+def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Scale each row to sum to ``target_sum`` (all-zero rows stay zero)."""
+    name, target = params["matrix"], params["target_sum"]
+    matrix = data.get_data2d(name)
+    carry(data, ctx.output)
+    if sp.issparse(matrix):
+        sums = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+        factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
+        scaled = sp.diags(factors) @ matrix
+        ctx.output.set_data2d(name, sp.csr_matrix(scaled, dtype=np.float32))
+        return
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        for rows in row_blocks(*matrix.shape):
+            block = dense_rows(matrix, rows).astype(np.float64)
+            sums = block.sum(axis=1, keepdims=True)
+            yield rows, np.divide(block * target, sums, out=np.zeros_like(block), where=sums != 0)
+
+    write_rows(ctx.output, name, blocks())
+
+
+@operation("log1p", parameters={"matrix": MATRIX})
+def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Replace every value x by log(1 + x); sparse stays sparse."""
+    name = params["matrix"]
+    matrix = data.get_data2d(name)
+    carry(data, ctx.output)
+    if sp.issparse(matrix):
+        result = sp.csr_matrix((np.log1p(matrix.data, dtype=np.float32), matrix.indices,
+                                matrix.indptr), shape=matrix.shape)
+        ctx.output.set_data2d(name, result)
+        return
+    write_rows(ctx.output, name,
+               ((rows, np.log1p(dense_rows(matrix, rows).astype(np.float32)))
+                for rows in row_blocks(*matrix.shape)))
+
+
+@operation("standardize", parameters={
+    "matrix": MATRIX,
+    "axis": {**AXIS, "description": "the axis whose entries are each scaled to mean 0, std 1"},
+}, required=("matrix", "axis"))
+def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Z-score each entry of ``axis`` (a column axis or the row axis of ``matrix``); dense output."""
+    name, axis = params["matrix"], params["axis"]
+    rows_axis, columns_axis, _ = split_matrix_name(name)
+    if axis not in (rows_axis, columns_axis):
+        raise OpchainError(f"standardize: axis '{axis}' is not an axis of {name}")
+    matrix = data.get_data2d(name)
+    carry(data, ctx.output)
+    if axis == columns_axis:
+        mean, std = column_moments(matrix)
+        std[std == 0] = 1.0
+
+        def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+            for rows in row_blocks(*matrix.shape):
+                yield rows, (dense_rows(matrix, rows) - mean) / std
+    else:
+        def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+            for rows in row_blocks(*matrix.shape):
+                block = dense_rows(matrix, rows).astype(np.float64)
+                std = block.std(axis=1, keepdims=True)
+                yield rows, (block - block.mean(axis=1, keepdims=True)) / np.where(std == 0, 1, std)
+    write_rows(ctx.output, name, blocks())
+
+
+@operation("pca", parameters={
+    "matrix": MATRIX,
+    "components": {"type": "integer", "minimum": 1, "default": 10},
+    "output": {"type": "string", "pattern": "^[^,#/]+$", "default": "pca",
+               "description": "the result is stored as rows,pc#<output>"},
+})
+def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Project rows on the top principal components (exact, from the streamed covariance)."""
+    name, k = params["matrix"], params["components"]
+    rows_axis, _, _ = split_matrix_name(name)
+    matrix = data.get_data2d(name)
+    require_columns(name, matrix, k, "components")
+    n_rows, n_columns = matrix.shape
+    mean, _ = column_moments(matrix)
+    covariance = np.zeros((n_columns, n_columns))
+    for rows in row_blocks(n_rows, n_columns):
+        block = dense_rows(matrix, rows).astype(np.float64) - mean
+        covariance += block.T @ block
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / max(n_rows - 1, 1))
+    order = np.argsort(eigenvalues)[::-1][:k]
+    basis = eigenvectors[:, order]
+    # An eigenvector's sign is arbitrary: fix it so results do not depend on the LAPACK build.
+    basis *= np.where(basis[np.abs(basis).argmax(axis=0), range(k)] < 0, -1.0, 1.0)
+    carry(data, ctx.output)
+    ctx.output.create_axis("pc", np.array([f"pc_{i + 1}" for i in range(k)], dtype=object))
+    ctx.output.set_data1d("pc#explained_variance", eigenvalues[order].astype(np.float32))
+    write_rows(ctx.output, f"{rows_axis},pc#{params['output']}",
+               ((rows, (dense_rows(matrix, rows) - mean) @ basis) for rows in row_blocks(n_rows, n_columns)))
+    ctx.results["explained_variance_ratio"] = float(eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-300))
+
+
+@operation("subsample", random=True, parameters={
+    "matrix": MATRIX,
+    "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
+                 "description": "the fraction of rows kept, drawn without replacement"},
+})
+def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Keep a random fraction of the rows of ``matrix`` (and of the row axis' vectors)."""
+    name = params["matrix"]
+    rows_axis, _, _ = split_matrix_name(name)
+    matrix = data.get_data2d(name)
+    n_rows = matrix.shape[0]
+    assert ctx.rng is not None
+    take = np.sort(ctx.rng.choice(n_rows, size=round(n_rows * params["fraction"]), replace=False))
+    carry(data, ctx.output, rows=rows_axis, take=take)
+    if sp.issparse(matrix):
+        ctx.output.set_data2d(name, sp.csr_matrix(matrix[take]))
+    else:
+        ctx.output.set_data2d(name, np.asarray(matrix[take]))
+    ctx.results["rows_kept"] = len(take)
+
+
+@operation("split", random=True, parameters={
+    "axis": {**AXIS, "description": "the axis whose entries are split into train and test"},
+    "test_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.25},
+}, required=("axis",))
+def split(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Mark a random ``test_fraction`` of the entries of ``axis`` as test (``axis#is_test``)."""
+    axis = params["axis"]
+    size = data.axis_size(axis)
+    assert ctx.rng is not None
+    is_test = np.zeros(size, dtype=bool)
+    is_test[ctx.rng.choice(size, size=round(size * params["test_fraction"]), replace=False)] = True
+    carry(data, ctx.output)
+    copy_matrices(data, ctx.output)
+    ctx.output.set_data1d(f"{axis}#is_test", is_test)
+    ctx.results["test_entries"] = int(is_test.sum())
+
+
+def copy_matrices(data: Any, out: Any) -> None:
+    axes = data.axis_names()
+    for rows in axes:
+        for columns in axes:
+            for name in data.data2d_names(rows, columns):
+                out.set_data2d(name, data.get_data2d(name))
+
+
+@operation("nearest_centroid", parameters={
+    "matrix": MATRIX,
+    "labels": {**VECTOR, "description": "the true class of each row, as rows#property"},
+    "test": {**VECTOR, "type": ["string", "null"], "default": None,
+             "description": "rows#property of bools marking test rows (default rows#is_test)"},
+}, required=("matrix", "labels"))
+def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Fit one centroid per class on the training rows; score accuracy on the test rows."""
+    name = params["matrix"]
+    rows_axis, _, _ = split_matrix_name(name)
+    matrix = dense_rows(data.get_data2d(name), slice(None)).astype(np.float64)
+    labels = np.asarray(data.get_data1d(params["labels"])).astype(str)
+    test_name = params["test"] or f"{rows_axis}#is_test"
+    is_test = np.asarray(data.get_data1d(test_name), dtype=bool)
+    classes = np.unique(labels[~is_test])
+    centroids = np.stack([matrix[~is_test & (labels == c)].mean(axis=0) for c in classes])
+    distances = ((matrix[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    predicted = classes[distances.argmin(axis=1)]
+    accuracy = float((predicted[is_test] == labels[is_test]).mean()) if is_test.any() else float("nan")
+    carry(data, ctx.output)
+    ctx.output.set_data1d(f"{rows_axis}#predicted", predicted.astype(object))
+    ctx.results["accuracy"] = accuracy
+    ctx.datastore["centroids"] = centroids
+    ctx.datastore["classes"] = classes.tolist()
+    ctx.datastore["scores"] = {"accuracy": accuracy, "test_rows": int(is_test.sum())}
+    ctx.log.info("accuracy %.4f on %d test rows", accuracy, int(is_test.sum()))
+
+
+@operation("kmeans", random=True, parameters={
+    "matrix": MATRIX,
+    "clusters": {"type": "integer", "minimum": 1, "default": 8},
+    "iterations": {"type": "integer", "minimum": 1, "default": 50},
+}, required=("matrix",))
+def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Lloyd's k-means from random rows; stores ``rows#cluster`` and the inertia as its score."""
+    name, k = params["matrix"], params["clusters"]
+    rows_axis, _, _ = split_matrix_name(name)
+    matrix = dense_rows(data.get_data2d(name), slice(None)).astype(np.float64)
+    if matrix.shape[0] < k:
+        raise OpchainError(f"kmeans: clusters {k} exceeds the {matrix.shape[0]} rows of {name}")
+    assert ctx.rng is not None
+    centroids = matrix[ctx.rng.choice(matrix.shape[0], size=k, replace=False)]
+    for _ in range(params["iterations"]):
+        assignment = ((matrix[:, None, :] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+        moved = np.stack([matrix[assignment == c].mean(axis=0) if (assignment == c).any()
+                          else centroids[c] for c in range(k)])
+        if np.array_equal(moved, centroids):
+            break
+        centroids = moved
+    inertia = float(((matrix - centroids[assignment]) ** 2).sum())
+    carry(data, ctx.output)
+    ctx.output.set_data1d(f"{rows_axis}#cluster", assignment.astype(np.int32))
+    ctx.results["inertia"] = inertia
+    ctx.datastore["centroids"] = centroids
+    ctx.datastore["scores"] = {"inertia": inertia, "clusters": k}

@@ -1,0 +1,86 @@
+"""Shared helpers: a throwaway project folder (config, operations, storage) and real snakemake runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from opchain.daf import FilesWriter
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = Path(__file__).resolve().parent / "chains"
+FIXTURE = REPO.parent / "shared" / "fixtures" / "daf-example"
+
+
+@dataclass
+class Project:
+    """A user's project folder: config/, user operations (myops.py) and the storage root."""
+
+    root: Path
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "OPCHAIN_STORAGE"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
+        return env
+
+    def snakemake(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+                  ) -> subprocess.CompletedProcess[str]:
+        """Run the repo's Snakefile in this project, as `snakemake` in a project folder would."""
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                   "-d", str(self.root), "--cores", "2", *args]
+        result = subprocess.run(command, cwd=self.root, env=env or self.env(), text=True,
+                                capture_output=True, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def opchain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "opchain", *args], cwd=self.root,
+                                env=self.env(), text=True, capture_output=True, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"opchain {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def edit(self, relative: str, text: str) -> None:
+        (self.root / relative).write_text(text, encoding="utf-8")
+
+    def chain_dir(self) -> Path:
+        (found,) = (self.storage / "operation_chain_results").iterdir()
+        return found
+
+    def manifest(self) -> dict:
+        return yaml.safe_load((self.chain_dir() / "chain.yaml").read_text())
+
+    def tree(self) -> dict[str, int]:
+        """Every path under the storage root with its mtime: a snapshot to compare runs by."""
+        return {p.relative_to(self.storage).as_posix(): p.stat().st_mtime_ns
+                for p in sorted(self.storage.rglob("*"))}
+
+
+def write_matrix(path: Path, x: np.ndarray) -> None:
+    with FilesWriter(path) as out:
+        out.create_axis("row", np.array([f"r{i}" for i in range(x.shape[0])], dtype=object))
+        out.create_axis("col", np.array([f"c{j}" for j in range(x.shape[1])], dtype=object))
+        out.set_data2d("row,col#x", x)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """tests/chains/basic copied to a fresh folder, with two input datasets under storage/inputs."""
+    root = tmp_path / "project"
+    shutil.copytree(SCENARIOS / "basic", root)
+    for i, name in enumerate(["a", "b"]):
+        write_matrix(root / "storage" / "inputs" / name, np.arange(12.0).reshape(4, 3) * (i + 1))
+    return Project(root)

@@ -1,0 +1,224 @@
+"""End-to-end: chains compiled to Snakemake, run by real `snakemake` processes on real files.
+
+The scenario (tests/chains/basic): input summary `inputs` with datasets a and b, and the chain
+add(1) -> jitter (random) -> add(10, overridden from 2), runs: 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from opchain.daf import open_reader
+from opchain.datastore import DataStore
+
+from conftest import REPO, Project
+
+NAME = re.compile(r"^\d{4}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}(_\d+)?$")
+
+
+def step_dirs(project: Project) -> set[str]:
+    return {p.relative_to(project.storage).as_posix()
+            for p in project.storage.glob("operation_chain_results/*/*") if p.is_dir()}
+
+
+def planned_outputs(dry_run: str) -> set[str]:
+    """The step outputs a `snakemake -n` listing would produce (its `output:` lines)."""
+    found = set()
+    for line in dry_run.splitlines():
+        if line.strip().startswith("output:"):
+            found |= {m.group(1) for m in re.finditer(r"(operation\w*_results/\S+?/dataset_\d+)",
+                                                      line)}
+    return found
+
+
+def job_count(result: subprocess.CompletedProcess[str]) -> int:
+    """How many jobs of rule `step` a snakemake run or dry run lists in its job stats."""
+    found = re.search(r"^step\s+(\d+)$", result.stdout + result.stderr, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def x_of(dataset: Path) -> np.ndarray:
+    return np.asarray(open_reader(dataset).get_data2d("row,col#x"))
+
+
+def test_fresh_run_writes_the_seed_layout_with_metadata(project: Project) -> None:
+    project.snakemake()
+    chain = project.chain_dir()
+    assert NAME.match(chain.name)
+    manifest = project.manifest()
+    assert [r["seed"] for r in manifest["runs"]] == [0, 1]
+    dirs = [s["dir"] for r in manifest["runs"] for s in r["steps"]]
+    # add(1) is deterministic: shared by both runs; jitter and the add after it are per run.
+    assert dirs[0] == dirs[3] and len(set(dirs)) == 5
+    for rel in set(dirs):
+        step = project.storage / rel
+        assert step.parent == chain and NAME.match(step.name)
+        assert sorted(p.name for p in step.iterdir()) == [
+            "dataset_1", "dataset_2", "operation.log", "source_operation.yaml"]
+        assert "dataset_1" in (step / "operation.log").read_text()
+        assert yaml.safe_load((step / "source_operation.yaml").read_text())["type"].startswith("myops:")
+        for dataset in ("dataset_1", "dataset_2"):
+            meta = yaml.safe_load((step / dataset / "metadata.yaml").read_text())
+            assert {"operation", "parameters", "run", "seed", "fingerprint", "input", "versions",
+                    "started", "finished", "host"} <= set(meta)
+            assert set(meta["versions"]) == {"opchain", "python", "numpy", "snakemake"}
+            assert (step / dataset / "input_metadata.yaml").is_file()
+    # The values: a + 1 + noise(seed = run) + 10, the noise kept in the datastore by URL.
+    for run in manifest["runs"]:
+        last = project.storage / run["steps"][2]["dir"]
+        jitter = project.storage / run["steps"][1]["dir"] / "dataset_2"
+        meta = yaml.safe_load((jitter / "metadata.yaml").read_text())
+        assert meta["seed"] == run["seed"] and meta["datastore"]["noise"].startswith("file:///")
+        noise = DataStore.load(meta["datastore"], project.storage)["noise"]
+        expected_noise = 0.5 * np.random.default_rng(run["seed"]).standard_normal((4, 3))
+        np.testing.assert_array_equal(noise, expected_noise)
+        b = np.arange(12.0).reshape(4, 3) * 2
+        np.testing.assert_array_equal(x_of(last / "dataset_2"), b + 1 + expected_noise + 10)
+    first = yaml.safe_load((project.storage / dirs[0] / "dataset_1" / "input_metadata.yaml").read_text())
+    assert first["path"] == "inputs/a" and first["axes"] == {"row": 4, "col": 3}
+    second = yaml.safe_load((project.storage / dirs[1] / "dataset_1" / "input_metadata.yaml").read_text())
+    assert second["fingerprint"] == manifest["runs"][0]["steps"][0]["fingerprint"]
+
+
+def test_second_run_does_nothing(project: Project) -> None:
+    project.snakemake()
+    before = project.tree()
+    again = project.snakemake()
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert project.tree() == before
+
+
+def test_edited_parameter_reruns_that_step_and_later_ones_only(project: Project) -> None:
+    project.snakemake()
+    old = project.manifest()
+    old_dirs = step_dirs(project)
+    project.edit("config/operations/jitter.yaml", "type: myops:jitter\nparameters: {scale: 2.0}\n")
+    dry = project.snakemake("-n")
+    assert step_dirs(project) == old_dirs, "a dry run must not create directories"
+    planned = planned_outputs(dry.stdout)
+    run = project.snakemake()
+    manifest = project.manifest()
+    # The dry run announced exactly the jobs the run then ran: jitter and the add after it, for
+    # both runs and both datasets; the names it showed were provisional (taken at planning time).
+    assert len(planned) == 8 and not {p.rsplit("/", 1)[0] for p in planned} & old_dirs
+    assert job_count(dry) == job_count(run) == 8
+    new_dirs = {s["dir"] for r in manifest["runs"] for s in r["steps"][1:]}
+    assert new_dirs == step_dirs(project) - old_dirs and len(new_dirs) == 4
+    for before, after in zip(old["runs"], manifest["runs"], strict=True):
+        assert after["steps"][0]["dir"] == before["steps"][0]["dir"]  # add(1) not rerun
+        assert all(a["dir"] != b["dir"] for a, b in zip(after["steps"][1:], before["steps"][1:],
+                                                          strict=True))
+    assert old_dirs < step_dirs(project)  # old results stay
+
+
+def test_parameter_set_back_reruns_nothing_and_chain_points_back(project: Project) -> None:
+    project.snakemake()
+    original = project.manifest()
+    jitter = (project.root / "config/operations/jitter.yaml").read_text()
+    project.edit("config/operations/jitter.yaml", "type: myops:jitter\nparameters: {scale: 3.0}\n")
+    project.snakemake()
+    project.edit("config/operations/jitter.yaml", jitter)
+    dirs = step_dirs(project)
+    logs = {d: (project.storage / d / "operation.log").read_text() for d in dirs}
+    result = project.snakemake()
+    assert job_count(result) == 0 and "rule step:" not in result.stdout + result.stderr
+    assert step_dirs(project) == dirs
+    assert {d: (project.storage / d / "operation.log").read_text() for d in dirs} == logs
+    assert project.manifest()["runs"] == original["runs"]
+
+
+def test_deterministic_prefix_is_computed_once_for_all_runs(project: Project) -> None:
+    project.edit("config/chains/basic.yaml", "input_path: inputs\nruns: 3\noperations:\n"
+                 "  - add_one.yaml\n  - add.yaml\n  - jitter.yaml\n")
+    result = project.snakemake()
+    runs = project.manifest()["runs"]
+    assert len({r["steps"][0]["dir"] for r in runs}) == 1
+    assert len({r["steps"][1]["dir"] for r in runs}) == 1
+    assert len({r["steps"][2]["dir"] for r in runs}) == 3
+    # 2 shared steps x 2 datasets + 3 runs x 2 datasets = 10 jobs of rule step
+    assert job_count(result) == 10
+
+
+def test_changed_input_file_reruns_every_step(project: Project) -> None:
+    project.snakemake()
+    old = step_dirs(project)
+    array = project.storage / "inputs" / "a" / "row,col#x.array"
+    data = np.fromfile(array, dtype=np.float64)
+    data[0] = 100.0
+    data.tofile(array)
+    project.snakemake()
+    runs = project.manifest()["runs"]
+    assert all(s["dir"] not in old for r in runs for s in r["steps"])
+    assert x_of(project.storage / runs[0]["steps"][0]["dir"] / "dataset_1")[0, 0] == 101.0
+
+
+def test_changed_operation_code_reruns_the_steps_using_it(project: Project) -> None:
+    project.snakemake()
+    old = project.manifest()
+    ops = project.root / "myops.py"
+    ops.write_text(ops.read_text().replace("x + noise)", "x + noise * 1.0)"))
+    project.snakemake()
+    new = project.manifest()
+    for before, after in zip(old["runs"], new["runs"], strict=True):
+        assert after["steps"][0]["dir"] == before["steps"][0]["dir"]  # add: same code
+        assert after["steps"][1]["dir"] != before["steps"][1]["dir"]  # jitter: changed
+        assert after["steps"][2]["dir"] != before["steps"][2]["dir"]  # downstream of it
+
+
+def test_single_operation_writes_operation_results(project: Project) -> None:
+    project.snakemake("--config", "operation=config/operations/add_one.yaml", "input_path=inputs")
+    (result,) = (project.storage / "operation_results").iterdir()
+    assert NAME.match(result.name)
+    assert sorted(p.name for p in result.iterdir()) == [
+        "dataset_1", "dataset_2", "operation.log", "source_operation.yaml"]
+    np.testing.assert_array_equal(x_of(result / "dataset_1"), np.arange(12.0).reshape(4, 3) + 1)
+    assert not (project.storage / "operation_chain_results").exists()
+    # The same through the CLI: already done, nothing new; a random operation gets a new result.
+    project.opchain("run-op", "config/operations/add_one.yaml", "inputs", "--cores", "1")
+    assert len(list((project.storage / "operation_results").iterdir())) == 1
+    project.opchain("run-op", "config/operations/jitter.yaml", "inputs", "--cores", "1")
+    assert len(list((project.storage / "operation_results").iterdir())) == 2
+
+
+def test_dry_run_writes_nothing(project: Project) -> None:
+    before = project.tree()
+    project.snakemake("-n")
+    assert project.tree() == before
+    assert not (project.storage / ".opchain").exists()
+
+
+def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> None:
+    project.edit("config/chains/basic.yaml", "input_path: inputs\nruns: 1\noperations:\n"
+                 "  - add_one.yaml\n  - slow.yaml\n")
+    project.edit("config/operations/slow.yaml", "type: myops:slow\nparameters: {seconds: 60}\n")
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d",
+               str(project.root), "--cores", "2"]
+    process = subprocess.Popen(command, cwd=project.root, env=project.env(), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    results = "operation_chain_results/*/*/dataset_*/metadata.yaml"
+    while not (list(project.storage.glob("operation_chain_results/*/*/.dataset_*.tmp-*"))
+               and len(list(project.storage.glob(results))) == 2):
+        assert time.time() < deadline and process.poll() is None, "the slow step never started"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole run dies at once, as on a lost node
+    process.wait()
+    manifest_steps = sorted(project.storage.glob("operation_chain_results/*/*/dataset_*"))
+    first_results = {p for p in manifest_steps if (p / "metadata.yaml").is_file()}
+    assert all(".tmp-" not in p.name for p in manifest_steps)
+    assert len(first_results) == 2  # add_one finished; the slow step left no dataset_<k>
+    first_meta = {p: (p / "metadata.yaml").read_text() for p in first_results}
+    # The same chain again (same fingerprints); the slow step is told not to wait this time.
+    result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
+    assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta
+    assert job_count(result) == 2
+    assert len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4

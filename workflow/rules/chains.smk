@@ -1,0 +1,39 @@
+# The two rules every chain compiles to. Paths come from the plan; see common.smk.
+
+
+wildcard_constraints:
+    step_dir=r"operation_chain_results/[^/]+/[^/]+|operation_results/[^/]+",
+    k=r"\d+",
+    chain=r"[^/]+",
+
+
+rule step:
+    """One result dataset: one operation, one parameter setting, one input dataset."""
+    input:
+        step_input,
+    output:
+        directory(f"{STORAGE}/{{step_dir}}/dataset_{{k}}"),
+    params:
+        spec=step_spec,
+    log:
+        "logs/{step_dir}/dataset_{k}.log",
+    resources:
+        mem_mb=step_resources("mem_mb", 1000),
+        runtime=step_resources("runtime", 30),
+    script:
+        "../../scripts/run_step.py"
+
+
+rule chain_manifest:
+    """chain.yaml: the compiled chain with every step directory, rewritten when they change."""
+    input:
+        chain_outputs,
+    output:
+        f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
+    params:
+        manifest=lambda wildcards: canonical_json(chain_of(wildcards).manifest()),
+    localrule: True
+    run:
+        from opchain.run import write_manifest
+
+        write_manifest(output[0], params.manifest)
