@@ -1158,6 +1158,15 @@ def test_corrupt_csv_unknown_entry(good: Path) -> None:
     assert f"unknown cell entry: 'c9' in line 2 of: {good / 'cell#type.csv'}" in message
 
 
+def test_corrupt_csv_duplicate_rows(good: Path) -> None:
+    (good / "gene,cell#note.csv").write_text("gene,cell,note\ng1,c1,x\n\ng2,c1,y\ng1,c1,z\n")
+    message = corrupt_error(good, lambda r: r.get_data2d("gene,cell#note"))
+    assert (
+        f"duplicate value for the same entries in line 5 of: {good / 'gene,cell#note.csv'}"
+        in message
+    )
+
+
 def test_corrupt_csv_not_utf8(good: Path) -> None:
     (good / "cell#type.csv").write_bytes(b"cell,type\nc1,\xff\n")
     message = corrupt_error(good, lambda r: r.get_data1d("cell#type"))

@@ -414,7 +414,7 @@ class FilesReader(Reader):
                 )
             flat = [at * size + position for at, position in zip(flat, positions, strict=True)]
         if len(set(flat)) != len(flat):
-            row = flat.index(first_duplicate(flat))  # type: ignore[arg-type]
+            row = flat.index(first_duplicate(flat))
             row = flat.index(flat[row], row + 1)
             raise DafError(
                 f"duplicate value for the same entries in line {numbers[row]} of: {path}"
