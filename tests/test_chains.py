@@ -217,6 +217,7 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
     assert all(".tmp-" not in p.name for p in manifest_steps)
     assert len(first_results) == 2  # add_one finished; the slow step left no dataset_<k>
     first_meta = {p: (p / "metadata.yaml").read_text() for p in first_results}
+    project.snakemake("--unlock")  # Snakemake's own lock survives a SIGKILL; a user unlocks too
     # The same chain again (same fingerprints); the slow step is told not to wait this time.
     result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
     assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta

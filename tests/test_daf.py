@@ -729,6 +729,16 @@ def test_files_writer_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> 
     assert FilesReader(tmp_path / "empty").axis_names() == ["a"]
 
 
+def test_h5_writer_refuses_to_replace_a_foreign_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.h5").write_text("not HDF5")
+    with pytest.raises(DafError, match="not HDF5"):
+        H5Writer(tmp_path / "notes.h5", overwrite=True)
+    (tmp_path / "dir.h5").mkdir()
+    with pytest.raises(DafError, match="refuse to overwrite"):
+        H5Writer(tmp_path / "dir.h5", overwrite=True)
+    assert (tmp_path / "notes.h5").read_text() == "not HDF5"
+
+
 def test_files_writer_into_a_premade_directory(tmp_path: Path) -> None:
     target = tmp_path / ".result.tmp-engine"
     target.mkdir()

@@ -82,6 +82,7 @@ from opchain.daf.interface import (
     Writer,
     _is_empty_dir,
     _name_problem,
+    _valid_axis,
     aside_path,
     check_version,
     commit,
@@ -204,10 +205,6 @@ def _headers_2d(rows: str, cols: str, prop: str) -> list[list[str]]:
     if prop in (rows, cols) and canonical[2] == prop:
         headers.append([rows_header, cols_header, prop + ".value"])
     return headers
-
-
-def _valid_axis(name: str) -> bool:
-    return _name_problem(name) is None and "," not in name and "#" not in name
 
 
 class FilesReader(Reader):

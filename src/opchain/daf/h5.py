@@ -44,9 +44,12 @@ import scipy.sparse as sp
 import yaml
 
 from opchain.daf.interface import (
+    RESERVED_ITEMS,
     Matrix,
     Reader,
     Writer,
+    _name_problem,
+    _valid_axis,
     aside_path,
     check_version,
     commit,
@@ -63,6 +66,10 @@ __all__ = ["NONE_BYTES", "H5Reader", "H5Writer"]
 NONE_BYTES = b"\x01"
 
 INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _valid_item(name: str) -> bool:
+    return _name_problem(name) is None and "#" not in name and name not in RESERVED_ITEMS
 
 
 def _decode_item(value: Any, what: str) -> Any:
@@ -164,15 +171,15 @@ class H5Reader(Reader):
         if not (isinstance(version, np.ndarray) and version.dtype.kind in "iu"):
             raise DafError(f"malformed daf format version: {version!r} in: {self.path}:/__daf__")
         check_version(version.tolist(), f"{self.path}:/__daf__")
-        self._items = {
-            name: None for name in header.attrs if name not in ("metadata", "input_metadata")
-        }
+        self._items = {name: None for name in header.attrs if _valid_item(name)}
         data: list[tuple[tuple[str, ...], str, h5py.Dataset | h5py.Group]] = []
         for name, node in self._group.items():
             if "#" not in name:
                 continue
             left, prop = name.split("#", 1)
             axes = tuple(left.split(","))
+            if len(axes) > 2 or not all(map(_valid_axis, axes)):
+                continue
             if prop == "":
                 if isinstance(node, h5py.Dataset) and len(axes) == 1:
                     self._axes[left] = node
@@ -315,6 +322,8 @@ class H5Writer(H5Reader, Writer):
         self._atomic = atomic
         if final.exists() and (not final.is_file() or not overwrite):
             raise DafError(f"refuse to overwrite the existing file: {final}")
+        if final.exists() and not h5py.is_hdf5(final):
+            raise DafError(f"refuse to replace a file that is not HDF5: {final}")
         target = aside_path(final) if atomic else final
         try:
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,10 @@ def _name_problem(name: object) -> str | None:
     return None
 
 
+def _valid_axis(name: str) -> bool:
+    return _name_problem(name) is None and "," not in name and "#" not in name
+
+
 def _check_name(name: object, what: str) -> str:
     problem = _name_problem(name)
     if problem is not None:
