@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -215,6 +217,23 @@ def _has_marker(pid: int, marker: bytes) -> bool:
             return marker in f.read().split(b"\0")
     except OSError:
         return False
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: PR_SET_PDEATHSIG=SIGTERM (Linux), or None if unavailable."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # parent died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _alive(pid: int) -> bool:
@@ -560,6 +579,15 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         assert self.root is not None
         out = open(self.root / "log" / f"{name}.stdout", "ab")
+        # Safety net for a test run that is killed (SIGKILL/SIGTERM skip
+        # __exit__ and atexit): the kernel sends the daemon SIGTERM when the
+        # thread that started it dies. Only from the main thread, since the
+        # signal follows the *thread*, not the process.
+        preexec = (
+            _die_with_parent(os.getpid())
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         try:
             proc = subprocess.Popen(
                 args,
@@ -571,6 +599,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                 # own session: Ctrl-C in the test runner must not hit them;
                 # stop() terminates them explicitly.
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         finally:
             out.close()

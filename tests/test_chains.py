@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -223,3 +224,55 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
     assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta
     assert job_count(result) == 2
     assert len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4
+
+
+def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> None:
+    project.edit("config/operations/grid.yaml",
+                 "type: myops:add\nparameter_ranges: {value: [100, 200, 300]}\n")
+    project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [grid.yaml]\n")
+    result = project.snakemake()
+    assert job_count(result) == 6  # 3 settings x 2 datasets, each its own Snakemake job
+    (step,) = [project.storage / s["dir"] for s in project.manifest()["runs"][0]["steps"]]
+    a, b = np.arange(12.0).reshape(4, 3), np.arange(12.0).reshape(4, 3) * 2
+    for k, (data, value) in enumerate([(a, 100), (a, 200), (a, 300), (b, 100), (b, 200), (b, 300)]):
+        dataset = step / f"dataset_{k + 1}"
+        np.testing.assert_array_equal(x_of(dataset), data + value)
+        assert yaml.safe_load((dataset / "metadata.yaml").read_text())["parameters"] == {"value": value}
+    assert len(list(project.root.glob("logs/operation_chain_results/*/*/dataset_*.log"))) == 6
+
+
+def test_parameter_settings_list_and_hdf5_results(project: Project) -> None:
+    project.edit("config/config.yaml",
+                 "storage: storage\ndataset_format: h5\nchains: [config/chains/basic.yaml]\n")
+    project.edit("config/operations/add_one.yaml",
+                 "type: myops:add\nparameter_settings: [{value: 1}, {value: 5}]\n")
+    project.snakemake()
+    runs = project.manifest()["runs"]
+    first = project.storage / runs[0]["steps"][0]["dir"]
+    assert sorted(p.name for p in first.glob("dataset_*")) == [f"dataset_{k}" for k in range(1, 5)]
+    assert (first / "dataset_2" / "data.h5").is_file() and not (first / "dataset_2" / "__daf__.yaml").exists()
+    np.testing.assert_array_equal(x_of(first / "dataset_2"), np.arange(12.0).reshape(4, 3) + 5)
+    last = project.storage / runs[1]["steps"][2]["dir"]
+    assert len(list(last.glob("dataset_*/data.h5"))) == 4  # later steps read HDF5 results
+
+
+def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
+    project.snakemake()
+    jitter = project.storage / project.manifest()["runs"][0]["steps"][1]["dir"]
+    urls = yaml.safe_load((jitter / "dataset_1" / "metadata.yaml").read_text())["datastore"]
+    assert all(url.startswith(f"file:///{jitter.relative_to(project.storage).as_posix()}/dataset_1/datastore/")
+               for url in urls.values())
+    # A rewritten step starts from an empty datastore: nothing stale survives.
+    stale = jitter / "dataset_1" / "datastore" / "stale.yaml"
+    stale.write_text("old: value\n")
+    project.snakemake("--forcerun", str((jitter / "dataset_1").relative_to(project.root)))
+    assert not stale.exists()
+    assert DataStore.load(urls, project.storage)["noise"].shape == (4, 3)
+    # A moved storage root still resolves every URL (they are relative to the root).
+    moved = project.root / "moved_storage"
+    project.storage.rename(moved)
+    assert DataStore.load(urls, moved)["noise"].shape == (4, 3)
+    # Deleting a result takes its datastore with it: nothing of it is kept elsewhere.
+    shutil.rmtree(moved / jitter.relative_to(project.storage) / "dataset_1")
+    assert not [p for p in moved.rglob("*") if "datastore" in p.parts
+                and jitter.name in p.parts and "dataset_1" in p.parts]

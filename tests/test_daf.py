@@ -378,6 +378,31 @@ def test_create_dense_in_rows_writes_into_the_mapped_file(store: str, tmp_path: 
     assert same_bits(read, np.arange(rows * cols, dtype="float32").reshape(rows, cols))
 
 
+def test_create_dense_in_rows_every_way_of_writing(store: str, tmp_path: Path) -> None:
+    path = dataset_path(store, tmp_path)
+    expected = np.zeros((6, 4), dtype="int16")
+    with new_writer(store, path) as writer:
+        writer.create_axis("r", [f"r{i}" for i in range(6)])
+        writer.create_axis("c", [f"c{j}" for j in range(4)])
+        with writer.create_dense_in_rows("r,c#m", "int16") as matrix:
+            matrix[0:2] = np.arange(8).reshape(2, 4)  # whole rows (written with pwrite)
+            expected[0:2] = np.arange(8).reshape(2, 4)
+            assert matrix[1, 3] == 7  # visible through the mapping at once
+            matrix[-1] = [9, 9, 9, 9.7]  # one row, converted like numpy does
+            expected[-1] = [9, 9, 9, 9]
+            matrix[2:4] = 5  # broadcast: through the mapping
+            expected[2:4] = 5
+            matrix[4, 1:3] = -1  # part of a row
+            expected[4, 1:3] = -1
+            view = matrix[3:5]
+            view[1] = [1, 2, 3, 4]  # a view: through the mapping
+            expected[4] = [1, 2, 3, 4]
+            matrix[:, 0] += 100  # a column
+            expected[:, 0] += 100
+            assert same_bits(np.asarray(matrix), expected)
+    assert same_bits(fresh_reader(store, path).get_data2d("r,c#m"), expected)
+
+
 def test_create_dense_in_rows_failure_leaves_nothing(store: str, tmp_path: Path) -> None:
     path = dataset_path(store, tmp_path)
     with new_writer(store, path) as writer:

@@ -90,7 +90,15 @@ from opchain.daf.interface import (
     frozen_copy,
     item_to_yaml,
 )
-from opchain.daf.mapping import DTYPES, INDEX_DTYPES, frozen, make_csr, map_file, write_array
+from opchain.daf.mapping import (
+    DTYPES,
+    INDEX_DTYPES,
+    RowsMemmap,
+    frozen,
+    make_csr,
+    map_file,
+    write_array,
+)
 from opchain.errors import DafError
 
 __all__ = ["DAF_YAML", "FilesReader", "FilesWriter"]
@@ -109,10 +117,14 @@ DAF_SUFFIXES = (".yaml", ".csv", ".array", ".data", ".indices", ".indptr")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long strings are fine; the default is 128 KiB
 
 
+#: libyaml's loader when available (same results as ``yaml.safe_load``, much faster).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as file:
-            return yaml.safe_load(file)
+            return yaml.load(file, Loader=_LOADER)
     except FileNotFoundError:
         raise DafError(f"missing file: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -322,6 +334,29 @@ class FilesReader(Reader):
             duplicate = first_duplicate(entries)
             raise DafError(f"duplicate entry: {duplicate!r} in the axis file: {path}")
         return frozen_copy(np.array(entries, dtype=object))
+
+    def _axis_size(self, axis: str) -> int:
+        if ("axis", axis) in self._cache:
+            return len(self._cache[("axis", axis)])
+        return self._cached(("size", axis), lambda: self._count_entries(axis))
+
+    def _count_entries(self, axis: str) -> int:
+        """Count the lines of a plain axis file without parsing it (so that opening 2D data
+        doesn't grow with the axes); anything unusual is parsed in full."""
+        try:
+            data = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+        except OSError:
+            data = b""
+        if (
+            data.startswith((axis + "\n").encode("utf-8"))
+            and data.endswith(b"\n")
+            and b'"' not in data
+            and b"," not in data
+            and b"\r" not in data
+            and b"\n\n" not in data
+        ):
+            return data.count(b"\n") - 1
+        return len(self.axis_entries(axis))
 
     def _axis_index(self, axis: str) -> dict[str, int]:
         return self._cached(
@@ -562,7 +597,13 @@ class FilesWriter(FilesReader, Writer):
         size = shape[0] * shape[1] * dtype.itemsize
         with open(path, "wb") as file:
             file.truncate(size)  # a sparse file: no disk writes until the data is written
-        array = np.memmap(path, dtype, "r+", shape=shape) if size else np.zeros(shape, dtype)
+        if not size:
+            array: np.ndarray = np.zeros(shape, dtype)
+            fd = None
+        else:
+            array = RowsMemmap(path, dtype, "r+", shape=shape)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            array.attach(fd)
         try:
             yield array
             if isinstance(array, np.memmap):
@@ -570,6 +611,10 @@ class FilesWriter(FilesReader, Writer):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        finally:
+            if fd is not None:
+                array.attach(None)  # type: ignore[attr-defined]
+                os.close(fd)
         self._write_sidecar(stem, {"dtype": dtype.name, "shape": list(shape)})
         self._matrices.setdefault((rows, columns), {})[prop] = "array"
 

@@ -57,7 +57,15 @@ from opchain.daf.interface import (
     frozen_copy,
     item_to_yaml,
 )
-from opchain.daf.mapping import DTYPES, INDEX_DTYPES, frozen, make_csr, map_region, write_array
+from opchain.daf.mapping import (
+    DTYPES,
+    INDEX_DTYPES,
+    RowsMemmap,
+    frozen,
+    make_csr,
+    map_region,
+    write_array,
+)
 from opchain.errors import DafError
 
 __all__ = ["NONE_BYTES", "H5Reader", "H5Writer"]
@@ -382,11 +390,14 @@ class H5Writer(H5Reader, Writer):
         name = f"{rows},{columns}#{prop}"
         dataset = self._create_contiguous(self._group, name, shape, dtype)
         offset = dataset.id.get_offset()
+        fd = None
         if offset is None:
             array: np.ndarray = np.zeros(shape, dtype)
         else:
             self._file.flush()  # the file now covers the dataset's storage
-            array = np.memmap(self._target, dtype, "r+", offset=offset, shape=shape)
+            array = RowsMemmap(self._target, dtype, "r+", offset=offset, shape=shape)
+            fd = os.open(self._target, os.O_RDWR | os.O_CLOEXEC)
+            array.attach(fd, offset)
         try:
             yield array
             if isinstance(array, np.memmap):
@@ -394,6 +405,10 @@ class H5Writer(H5Reader, Writer):
         except BaseException:
             del self._group[name]
             raise
+        finally:
+            if fd is not None:
+                array.attach(None)  # type: ignore[attr-defined]
+                os.close(fd)
         self._matrices.setdefault((rows, columns), {})[prop] = dataset
 
     def _write_dense(self, parent: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:

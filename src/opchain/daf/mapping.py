@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from math import prod
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +20,7 @@ __all__ = [
     "BLOCK_BYTES",
     "DTYPES",
     "INDEX_DTYPES",
+    "RowsMemmap",
     "frozen",
     "make_csr",
     "map_file",
@@ -114,6 +115,60 @@ def _write_bytes(file: BinaryIO, data: np.ndarray) -> None:
         while view:
             written = file.write(view)
             view = view[written:]
+
+
+class RowsMemmap(np.memmap):
+    """A writable memory-mapped row-major matrix, as yielded by ``create_dense_in_rows``.
+
+    It is an ordinary ``numpy.memmap``, except that while its writer is open, assigning whole
+    rows (``m[i:j] = block`` or ``m[i] = row``, with a block of exactly that shape) writes the bytes
+    to the file with ``pwrite``. That is the same file and the same page cache the mapping shows,
+    so reads through the mapping see the data at once; it only avoids a page fault per written page
+    (about 3x faster here for large matrices). Other assignments go through the mapping.
+    """
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        fd = self.__dict__.get("_daf_fd")  # set on the writer's own matrix only, not on views
+        if fd is not None and self.ndim == 2:
+            rows = _whole_rows(key, self.shape[0])
+            if rows is not None:
+                block = np.asarray(value)
+                expected = (rows[1] - rows[0], self.shape[1])
+                if block.shape == expected or (
+                    block.shape == expected[1:] and isinstance(key, int)
+                ):
+                    block = np.ascontiguousarray(block, dtype=self.dtype)
+                    row_bytes = self.shape[1] * self.dtype.itemsize
+                    _pwrite_all(fd, block, self.__dict__["_daf_offset"] + rows[0] * row_bytes)
+                    return
+        super().__setitem__(key, value)
+
+    def attach(self, fd: int | None, offset: int = 0) -> None:
+        """Write whole rows through ``fd`` (the file, where the matrix starts at ``offset``), or
+        stop doing so (``None``)."""
+        self.__dict__["_daf_fd"] = fd
+        self.__dict__["_daf_offset"] = offset
+
+
+def _whole_rows(key: Any, count: int) -> tuple[int, int] | None:
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        index = int(key) + (count if key < 0 else 0)
+        return (index, index + 1) if 0 <= index < count else None
+    if isinstance(key, slice) and key.step in (None, 1):
+        start, stop, _ = key.indices(count)
+        return (start, max(start, stop))
+    return None
+
+
+def _pwrite_all(fd: int, block: np.ndarray, offset: int) -> None:
+    data = block.reshape(-1).view(np.uint8)
+    for start in range(0, data.size, BLOCK_BYTES):
+        view = memoryview(data[start : start + BLOCK_BYTES])
+        at = offset + start
+        while view:
+            written = os.pwrite(fd, view, at)
+            view = view[written:]
+            at += written
 
 
 def make_csr(
