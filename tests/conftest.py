@@ -35,22 +35,52 @@ class Project:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
         return env
 
-    def snakemake(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-                  ) -> subprocess.CompletedProcess[str]:
+    def snakemake(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the repo's Snakefile in this project, as `snakemake` in a project folder would."""
-        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                   "-d", str(self.root), "--cores", "2", *args]
-        result = subprocess.run(command, cwd=self.root, env=env or self.env(), text=True,
-                                capture_output=True, timeout=600)
+        command = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(self.root),
+            "--cores",
+            "2",
+            *args,
+        ]
+        result = subprocess.run(
+            command,
+            cwd=self.root,
+            env=env or self.env(),
+            text=True,
+            capture_output=True,
+            timeout=600,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def opchain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "opchain", *args], cwd=self.root,
-                                env=self.env(), text=True, capture_output=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-m", "opchain", *args],
+            cwd=self.root,
+            env=self.env(),
+            text=True,
+            capture_output=True,
+            timeout=600,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"opchain {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"opchain {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def edit(self, relative: str, text: str) -> None:
@@ -65,8 +95,10 @@ class Project:
 
     def tree(self) -> dict[str, int]:
         """Every path under the storage root with its mtime: a snapshot to compare runs by."""
-        return {p.relative_to(self.storage).as_posix(): p.stat().st_mtime_ns
-                for p in sorted(self.storage.rglob("*"))}
+        return {
+            p.relative_to(self.storage).as_posix(): p.stat().st_mtime_ns
+            for p in sorted(self.storage.rglob("*"))
+        }
 
 
 def write_matrix(path: Path, x: np.ndarray) -> None:

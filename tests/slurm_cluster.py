@@ -44,8 +44,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 __all__ = [
     "SlurmCluster",
@@ -303,7 +303,7 @@ class SlurmCluster:
 
     # -- public API --------------------------------------------------------
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         if self._started:
             return self
         t0 = time.monotonic()
@@ -358,7 +358,7 @@ class SlurmCluster:
             shutil.rmtree(self._own_rundir, ignore_errors=True)
         self.stop_seconds = time.monotonic() - t0
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -17,18 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from conftest import REPO, Project
 
 from opchain.daf import open_reader
 from opchain.datastore import DataStore
-
-from conftest import REPO, Project
 
 NAME = re.compile(r"^\d{4}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}(_\d+)?$")
 
 
 def step_dirs(project: Project) -> set[str]:
-    return {p.relative_to(project.storage).as_posix()
-            for p in project.storage.glob("operation_chain_results/*/*") if p.is_dir()}
+    return {
+        p.relative_to(project.storage).as_posix()
+        for p in project.storage.glob("operation_chain_results/*/*")
+        if p.is_dir()
+    }
 
 
 def planned_outputs(dry_run: str) -> set[str]:
@@ -36,8 +38,9 @@ def planned_outputs(dry_run: str) -> set[str]:
     found = set()
     for line in dry_run.splitlines():
         if line.strip().startswith("output:"):
-            found |= {m.group(1) for m in re.finditer(r"(operation\w*_results/\S+?/dataset_\d+)",
-                                                      line)}
+            found |= {
+                m.group(1) for m in re.finditer(r"(operation\w*_results/\S+?/dataset_\d+)", line)
+            }
     return found
 
 
@@ -64,13 +67,29 @@ def test_fresh_run_writes_the_seed_layout_with_metadata(project: Project) -> Non
         step = project.storage / rel
         assert step.parent == chain and NAME.match(step.name)
         assert sorted(p.name for p in step.iterdir()) == [
-            "dataset_1", "dataset_2", "operation.log", "source_operation.yaml"]
+            "dataset_1",
+            "dataset_2",
+            "operation.log",
+            "source_operation.yaml",
+        ]
         assert "dataset_1" in (step / "operation.log").read_text()
-        assert yaml.safe_load((step / "source_operation.yaml").read_text())["type"].startswith("myops:")
+        assert yaml.safe_load((step / "source_operation.yaml").read_text())["type"].startswith(
+            "myops:"
+        )
         for dataset in ("dataset_1", "dataset_2"):
             meta = yaml.safe_load((step / dataset / "metadata.yaml").read_text())
-            assert {"operation", "parameters", "run", "seed", "fingerprint", "input", "versions",
-                    "started", "finished", "host"} <= set(meta)
+            assert {
+                "operation",
+                "parameters",
+                "run",
+                "seed",
+                "fingerprint",
+                "input",
+                "versions",
+                "started",
+                "finished",
+                "host",
+            } <= set(meta)
             assert set(meta["versions"]) == {"opchain", "python", "numpy", "snakemake"}
             assert (step / dataset / "input_metadata.yaml").is_file()
     # The values: a + 1 + noise(seed = run) + 10, the noise kept in the datastore by URL.
@@ -84,9 +103,13 @@ def test_fresh_run_writes_the_seed_layout_with_metadata(project: Project) -> Non
         np.testing.assert_array_equal(noise, expected_noise)
         b = np.arange(12.0).reshape(4, 3) * 2
         np.testing.assert_array_equal(x_of(last / "dataset_2"), b + 1 + expected_noise + 10)
-    first = yaml.safe_load((project.storage / dirs[0] / "dataset_1" / "input_metadata.yaml").read_text())
+    first = yaml.safe_load(
+        (project.storage / dirs[0] / "dataset_1" / "input_metadata.yaml").read_text()
+    )
     assert first["path"] == "inputs/a" and first["axes"] == {"row": 4, "col": 3}
-    second = yaml.safe_load((project.storage / dirs[1] / "dataset_1" / "input_metadata.yaml").read_text())
+    second = yaml.safe_load(
+        (project.storage / dirs[1] / "dataset_1" / "input_metadata.yaml").read_text()
+    )
     assert second["fingerprint"] == manifest["runs"][0]["steps"][0]["fingerprint"]
 
 
@@ -116,8 +139,10 @@ def test_edited_parameter_reruns_that_step_and_later_ones_only(project: Project)
     assert new_dirs == step_dirs(project) - old_dirs and len(new_dirs) == 4
     for before, after in zip(old["runs"], manifest["runs"], strict=True):
         assert after["steps"][0]["dir"] == before["steps"][0]["dir"]  # add(1) not rerun
-        assert all(a["dir"] != b["dir"] for a, b in zip(after["steps"][1:], before["steps"][1:],
-                                                          strict=True))
+        assert all(
+            a["dir"] != b["dir"]
+            for a, b in zip(after["steps"][1:], before["steps"][1:], strict=True)
+        )
     assert old_dirs < step_dirs(project)  # old results stay
 
 
@@ -138,8 +163,11 @@ def test_parameter_set_back_reruns_nothing_and_chain_points_back(project: Projec
 
 
 def test_deterministic_prefix_is_computed_once_for_all_runs(project: Project) -> None:
-    project.edit("config/chains/basic.yaml", "input_path: inputs\nruns: 3\noperations:\n"
-                 "  - add_one.yaml\n  - add.yaml\n  - jitter.yaml\n")
+    project.edit(
+        "config/chains/basic.yaml",
+        "input_path: inputs\nruns: 3\noperations:\n"
+        "  - add_one.yaml\n  - add.yaml\n  - jitter.yaml\n",
+    )
     result = project.snakemake()
     runs = project.manifest()["runs"]
     assert len({r["steps"][0]["dir"] for r in runs}) == 1
@@ -180,7 +208,11 @@ def test_single_operation_writes_operation_results(project: Project) -> None:
     (result,) = (project.storage / "operation_results").iterdir()
     assert NAME.match(result.name)
     assert sorted(p.name for p in result.iterdir()) == [
-        "dataset_1", "dataset_2", "operation.log", "source_operation.yaml"]
+        "dataset_1",
+        "dataset_2",
+        "operation.log",
+        "source_operation.yaml",
+    ]
     np.testing.assert_array_equal(x_of(result / "dataset_1"), np.arange(12.0).reshape(4, 3) + 1)
     assert not (project.storage / "operation_chain_results").exists()
     # The same through the CLI: already done, nothing new; a random operation gets a new result.
@@ -198,17 +230,36 @@ def test_dry_run_writes_nothing(project: Project) -> None:
 
 
 def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> None:
-    project.edit("config/chains/basic.yaml", "input_path: inputs\nruns: 1\noperations:\n"
-                 "  - add_one.yaml\n  - slow.yaml\n")
+    project.edit(
+        "config/chains/basic.yaml",
+        "input_path: inputs\nruns: 1\noperations:\n  - add_one.yaml\n  - slow.yaml\n",
+    )
     project.edit("config/operations/slow.yaml", "type: myops:slow\nparameters: {seconds: 60}\n")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d",
-               str(project.root), "--cores", "2"]
-    process = subprocess.Popen(command, cwd=project.root, env=project.env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(project.root),
+        "--cores",
+        "2",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=project.root,
+        env=project.env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     results = "operation_chain_results/*/*/dataset_*/metadata.yaml"
-    while not (list(project.storage.glob("operation_chain_results/*/*/.dataset_*.tmp-*"))
-               and len(list(project.storage.glob(results))) == 2):
+    while not (
+        list(project.storage.glob("operation_chain_results/*/*/.dataset_*.tmp-*"))
+        and len(list(project.storage.glob(results))) == 2
+    ):
         assert time.time() < deadline and process.poll() is None, "the slow step never started"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # the whole run dies at once, as on a lost node
@@ -223,12 +274,16 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
     result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
     assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta
     assert job_count(result) == 2
-    assert len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4
+    assert (
+        len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4
+    )
 
 
 def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> None:
-    project.edit("config/operations/grid.yaml",
-                 "type: myops:add\nparameter_ranges: {value: [100, 200, 300]}\n")
+    project.edit(
+        "config/operations/grid.yaml",
+        "type: myops:add\nparameter_ranges: {value: [100, 200, 300]}\n",
+    )
     project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [grid.yaml]\n")
     result = project.snakemake()
     assert job_count(result) == 6  # 3 settings x 2 datasets, each its own Snakemake job
@@ -237,20 +292,28 @@ def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> N
     for k, (data, value) in enumerate([(a, 100), (a, 200), (a, 300), (b, 100), (b, 200), (b, 300)]):
         dataset = step / f"dataset_{k + 1}"
         np.testing.assert_array_equal(x_of(dataset), data + value)
-        assert yaml.safe_load((dataset / "metadata.yaml").read_text())["parameters"] == {"value": value}
+        assert yaml.safe_load((dataset / "metadata.yaml").read_text())["parameters"] == {
+            "value": value
+        }
     assert len(list(project.root.glob("logs/operation_chain_results/*/*/dataset_*.log"))) == 6
 
 
 def test_parameter_settings_list_and_hdf5_results(project: Project) -> None:
-    project.edit("config/config.yaml",
-                 "storage: storage\ndataset_format: h5\nchains: [config/chains/basic.yaml]\n")
-    project.edit("config/operations/add_one.yaml",
-                 "type: myops:add\nparameter_settings: [{value: 1}, {value: 5}]\n")
+    project.edit(
+        "config/config.yaml",
+        "storage: storage\ndataset_format: h5\nchains: [config/chains/basic.yaml]\n",
+    )
+    project.edit(
+        "config/operations/add_one.yaml",
+        "type: myops:add\nparameter_settings: [{value: 1}, {value: 5}]\n",
+    )
     project.snakemake()
     runs = project.manifest()["runs"]
     first = project.storage / runs[0]["steps"][0]["dir"]
     assert sorted(p.name for p in first.glob("dataset_*")) == [f"dataset_{k}" for k in range(1, 5)]
-    assert (first / "dataset_2" / "data.h5").is_file() and not (first / "dataset_2" / "__daf__.yaml").exists()
+    assert (first / "dataset_2" / "data.h5").is_file() and not (
+        first / "dataset_2" / "__daf__.yaml"
+    ).exists()
     np.testing.assert_array_equal(x_of(first / "dataset_2"), np.arange(12.0).reshape(4, 3) + 5)
     last = project.storage / runs[1]["steps"][2]["dir"]
     assert len(list(last.glob("dataset_*/data.h5"))) == 4  # later steps read HDF5 results
@@ -260,8 +323,12 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
     project.snakemake()
     jitter = project.storage / project.manifest()["runs"][0]["steps"][1]["dir"]
     urls = yaml.safe_load((jitter / "dataset_1" / "metadata.yaml").read_text())["datastore"]
-    assert all(url.startswith(f"file:///{jitter.relative_to(project.storage).as_posix()}/dataset_1/datastore/")
-               for url in urls.values())
+    assert all(
+        url.startswith(
+            f"file:///{jitter.relative_to(project.storage).as_posix()}/dataset_1/datastore/"
+        )
+        for url in urls.values()
+    )
     # A rewritten step starts from an empty datastore: nothing stale survives.
     stale = jitter / "dataset_1" / "datastore" / "stale.yaml"
     stale.write_text("old: value\n")
@@ -274,5 +341,8 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
     assert DataStore.load(urls, moved)["noise"].shape == (4, 3)
     # Deleting a result takes its datastore with it: nothing of it is kept elsewhere.
     shutil.rmtree(moved / jitter.relative_to(project.storage) / "dataset_1")
-    assert not [p for p in moved.rglob("*") if "datastore" in p.parts
-                and jitter.name in p.parts and "dataset_1" in p.parts]
+    assert not [
+        p
+        for p in moved.rglob("*")
+        if "datastore" in p.parts and jitter.name in p.parts and "dataset_1" in p.parts
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import Project
 
 CHAIN = "config/chains/basic.yaml"
@@ -22,33 +21,70 @@ def fails_cleanly(project: Project, *args: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("relative", "text", "expected"), [
-    (CHAIN, "input_path: inputs\noperations:\n  - add.yaml\n   - bad: [\n",
-     "config/chains/basic.yaml:4: malformed YAML"),
-    ("config/operations/add.yaml", "type: nope\nparameters: {value: 1}\n",
-     "config/operations/add.yaml:1: type: unknown operation 'nope'"),
-    ("config/operations/add.yaml", "type: myops:missing\nparameters: {value: 1}\n",
-     "config/operations/add.yaml:1: type: cannot load operation 'myops:missing'"),
-    ("config/operations/add_one.yaml", "type: myops:add\nparameters:\n  value: abc\n",
-     "config/operations/add_one.yaml:3: parameters.value: 'abc' is not of type 'number'"),
-    ("config/operations/add_one.yaml", "type: myops:add\nparameters: {value: 1, valeu: 2}\n",
-     "config/operations/add_one.yaml:2: parameters: Additional properties are not allowed"),
-    ("config/operations/add_one.yaml", "type: myops:add\nparameters: {}\n",
-     "config/operations/add_one.yaml:2: parameters: 'value' is a required property"),
-    ("config/operations/add_one.yaml", "type: myops:add\nparameter_ranges: {value: 3}\n",
-     "config/operations/add_one.yaml:2: parameter_ranges.value: a parameter range must be a non-empty list"),
-    (CHAIN, "input_path: inputs\noperations:\n  - add_one.yaml\n  - missing.yaml\n",
-     "config/chains/basic.yaml:4: operations.1: no operation file 'missing.yaml'"),
-    (CHAIN, "input_path: inputs\nrunz: 2\noperations: [add_one.yaml]\n",
-     "config/chains/basic.yaml:2: runz: unknown key"),
-    (CHAIN, "input_path: no_such_summary\noperations: [add_one.yaml]\n",
-     "input_path 'no_such_summary' is not a folder under the storage root"),
-    (CHAIN, "input_path: ../../..\noperations: [add_one.yaml]\n",
-     "'../../..' leaves the storage root"),
-    (CHAIN, "input_path: /etc\noperations: [add_one.yaml]\n", "'/etc' leaves the storage root"),
-])
-def test_bad_spec_is_refused_with_file_key_and_line(project: Project, relative: str, text: str,
-                                                    expected: str) -> None:
+@pytest.mark.parametrize(
+    ("relative", "text", "expected"),
+    [
+        (
+            CHAIN,
+            "input_path: inputs\noperations:\n  - add.yaml\n   - bad: [\n",
+            "config/chains/basic.yaml:4: malformed YAML",
+        ),
+        (
+            "config/operations/add.yaml",
+            "type: nope\nparameters: {value: 1}\n",
+            "config/operations/add.yaml:1: type: unknown operation 'nope'",
+        ),
+        (
+            "config/operations/add.yaml",
+            "type: myops:missing\nparameters: {value: 1}\n",
+            "config/operations/add.yaml:1: type: cannot load operation 'myops:missing'",
+        ),
+        (
+            "config/operations/add_one.yaml",
+            "type: myops:add\nparameters:\n  value: abc\n",
+            "config/operations/add_one.yaml:3: parameters.value: 'abc' is not of type 'number'",
+        ),
+        (
+            "config/operations/add_one.yaml",
+            "type: myops:add\nparameters: {value: 1, valeu: 2}\n",
+            "config/operations/add_one.yaml:2: parameters: Additional properties are not allowed",
+        ),
+        (
+            "config/operations/add_one.yaml",
+            "type: myops:add\nparameters: {}\n",
+            "config/operations/add_one.yaml:2: parameters: 'value' is a required property",
+        ),
+        (
+            "config/operations/add_one.yaml",
+            "type: myops:add\nparameter_ranges: {value: 3}\n",
+            "config/operations/add_one.yaml:2: parameter_ranges.value: a parameter range must be a non-empty list",
+        ),
+        (
+            CHAIN,
+            "input_path: inputs\noperations:\n  - add_one.yaml\n  - missing.yaml\n",
+            "config/chains/basic.yaml:4: operations.1: no operation file 'missing.yaml'",
+        ),
+        (
+            CHAIN,
+            "input_path: inputs\nrunz: 2\noperations: [add_one.yaml]\n",
+            "config/chains/basic.yaml:2: runz: unknown key",
+        ),
+        (
+            CHAIN,
+            "input_path: no_such_summary\noperations: [add_one.yaml]\n",
+            "input_path 'no_such_summary' is not a folder under the storage root",
+        ),
+        (
+            CHAIN,
+            "input_path: ../../..\noperations: [add_one.yaml]\n",
+            "'../../..' leaves the storage root",
+        ),
+        (CHAIN, "input_path: /etc\noperations: [add_one.yaml]\n", "'/etc' leaves the storage root"),
+    ],
+)
+def test_bad_spec_is_refused_with_file_key_and_line(
+    project: Project, relative: str, text: str, expected: str
+) -> None:
     project.edit(relative, text)
     assert expected in fails_cleanly(project)
     assert expected in fails_cleanly(project, "-n")
@@ -81,8 +117,10 @@ def test_corrupted_input_dataset_fails_its_job_and_leaves_no_result(project: Pro
 
 
 def test_unknown_config_key_is_refused(project: Project) -> None:
-    project.edit("config/config.yaml", "storage: storage\nchains: [config/chains/basic.yaml]\n"
-                 "dataset_fromat: h5\n")
+    project.edit(
+        "config/config.yaml",
+        "storage: storage\nchains: [config/chains/basic.yaml]\ndataset_fromat: h5\n",
+    )
     result = project.snakemake("-n", check=False)
     assert result.returncode != 0
     assert "dataset_fromat" in result.stdout + result.stderr

@@ -26,10 +26,16 @@ __all__ = ["entrypoint", "main", "main_parser"]
 def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opchain", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/config.yaml", help="the opchain config file")
-    parser.add_argument("--snakefile", type=Path, default=None,
-                        help="opchain's Snakefile (default: ./Snakefile, else the installed checkout's)")
+    parser.add_argument(
+        "--snakefile",
+        type=Path,
+        default=None,
+        help="opchain's Snakefile (default: ./Snakefile, else the installed checkout's)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the configured chains (snakemake; extra args pass on)")
+    run = commands.add_parser(
+        "run", help="run the configured chains (snakemake; extra args pass on)"
+    )
     run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
     one = commands.add_parser("run-op", help="run one operation file on a summary, outside a chain")
     one.add_argument("operation", help="an operation file")
@@ -39,8 +45,12 @@ def main_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("list", help="the chains' result directories, step by step")
     index = commands.add_parser("index", help="maintain the fingerprint index")
-    index.add_argument("--rebuild", action="store_true", required=True,
-                       help="recreate the index from the results' metadata.yaml files")
+    index.add_argument(
+        "--rebuild",
+        action="store_true",
+        required=True,
+        help="recreate the index from the results' metadata.yaml files",
+    )
     return parser
 
 
@@ -50,8 +60,16 @@ def main(cli_args: Sequence[str]) -> int:
         if args.command == "run":
             return snakemake(args.snakefile, args.config, args.snakemake_args)
         if args.command == "run-op":
-            return snakemake(args.snakefile, args.config, ["--config", f"operation={args.operation}",
-                                           f"input_path={args.input_path}", *args.snakemake_args])
+            return snakemake(
+                args.snakefile,
+                args.config,
+                [
+                    "--config",
+                    f"operation={args.operation}",
+                    f"input_path={args.input_path}",
+                    *args.snakemake_args,
+                ],
+            )
         plan = plan_from_config(load_config(args.config), job_process=False)
         if args.command == "status":
             return show_status(plan, as_json=args.json)
@@ -68,7 +86,9 @@ def load_config(path: str) -> dict[str, Any]:
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise OpchainError(f"{path}: no such config file (run opchain in the project folder)") from None
+        raise OpchainError(
+            f"{path}: no such config file (run opchain in the project folder)"
+        ) from None
     except yaml.YAMLError as error:
         raise OpchainError(f"{path}: malformed YAML: {error}") from None
     if not isinstance(config, dict):
@@ -86,8 +106,16 @@ def find_snakefile(given: Path | None) -> Path:
 
 
 def snakemake(snakefile: Path | None, config: str, extra: list[str]) -> int:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(find_snakefile(snakefile)),
-               "--configfile", config, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(find_snakefile(snakefile)),
+        "--configfile",
+        config,
+        *extra,
+    ]
     if not any(a.startswith(("--cores", "-c", "--jobs", "-j", "--profile")) for a in extra):
         command += ["--cores", "all"]
     return subprocess.call(command)
@@ -105,8 +133,11 @@ def step_reasons(step: Step, previous: dict[str, Any] | None) -> list[str]:
     if (before.get("code"), before.get("version")) != (now["code"], now["version"]):
         reasons.append(f"operation code changed ({now['operation']})")
     if before.get("upstream") != now["upstream"]:
-        reasons.append("input data changed" if now["upstream"].startswith("input:")
-                       else "an earlier step changed")
+        reasons.append(
+            "input data changed"
+            if now["upstream"].startswith("input:")
+            else "an earlier step changed"
+        )
     changed = {"operation", "format", "seed"} & {k for k in now if before.get(k) != now[k]}
     reasons += [f"{key} changed" for key in sorted(changed)]
     return reasons or ["result missing"]
@@ -124,10 +155,17 @@ def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
         old = (last.get("runs") or [])[r]["steps"] if r < len(last.get("runs") or []) else []
         for i, step in enumerate(steps):
             done = step_done(plan, step)
-            rows.append({"chain": chain.spec.name, "run": r, "step": i + 1,
-                         "operation": step.operation.operation.name, "dir": step.dir,
-                         "status": "up to date" if done else "will run",
-                         "why": [] if done else step_reasons(step, old[i] if i < len(old) else None)})
+            rows.append(
+                {
+                    "chain": chain.spec.name,
+                    "run": r,
+                    "step": i + 1,
+                    "operation": step.operation.operation.name,
+                    "dir": step.dir,
+                    "status": "up to date" if done else "will run",
+                    "why": [] if done else step_reasons(step, old[i] if i < len(old) else None),
+                }
+            )
     return rows
 
 
@@ -138,8 +176,10 @@ def show_status(plan: Plan, *, as_json: bool) -> int:
         return 0
     for row in rows:
         why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
-        print(f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
-              f"{row['status']:<10} {row['dir']}{why}")
+        print(
+            f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
+            f"{row['status']:<10} {row['dir']}{why}"
+        )
     return 0
 
 
@@ -149,7 +189,9 @@ def show_list(plan: Plan) -> int:
         for r, steps in enumerate(chain.runs):
             for i, step in enumerate(steps):
                 state = "done" if step_done(plan, step) else "missing"
-                print(f"  run {r} step {i + 1} {step.operation.operation.name:<16} {step.dir} ({state})")
+                print(
+                    f"  run {r} step {i + 1} {step.operation.operation.name:<16} {step.dir} ({state})"
+                )
     return 0
 
 

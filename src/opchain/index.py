@@ -59,16 +59,21 @@ class Index:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
-            raise PlanError(f"{self.root / kind / key}: corrupt index entry ({error}); "
-                            "run 'opchain index --rebuild'") from None
+            raise PlanError(
+                f"{self.root / kind / key}: corrupt index entry ({error}); "
+                "run 'opchain index --rebuild'"
+            ) from None
 
     def propose(self, kind: str, key: str, parent: str, entry: dict[str, Any]) -> str:
         """A new directory name under ``parent`` for ``key``, reserved only by :meth:`commit`."""
         base = timestamp_name()
         taken = {r.dir for r in self.pending}
         name, suffix = base, 0
-        while (f"{parent}/{name}" in taken or self._claimed(f"{parent}/{name}")
-               or (self.storage / parent / name).exists()):
+        while (
+            f"{parent}/{name}" in taken
+            or self._claimed(f"{parent}/{name}")
+            or (self.storage / parent / name).exists()
+        ):
             suffix += 1
             name = f"{base}_{suffix}"
         relative = f"{parent}/{name}"
@@ -78,11 +83,16 @@ class Index:
     def commit(self) -> None:
         """Write the pending reservations (Snakemake's onstart: real runs only, main process only)."""
         for reservation in self.pending:
-            self._create(self.root / "names" / reservation.dir.replace("/", "%"), "",
-                         f"directory name {reservation.dir}")
-            self._create(self.root / reservation.kind / reservation.key,
-                         json.dumps(reservation.entry, sort_keys=True),
-                         f"{reservation.kind[:-1]} {reservation.key}")
+            self._create(
+                self.root / "names" / reservation.dir.replace("/", "%"),
+                "",
+                f"directory name {reservation.dir}",
+            )
+            self._create(
+                self.root / reservation.kind / reservation.key,
+                json.dumps(reservation.entry, sort_keys=True),
+                f"{reservation.kind[:-1]} {reservation.key}",
+            )
         self.pending.clear()
 
     def _claimed(self, relative: str) -> bool:
@@ -94,8 +104,10 @@ class Index:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            raise PlanError(f"another opchain run reserved {what} at the same time; "
-                            "run again to pick up its reservation") from None
+            raise PlanError(
+                f"another opchain run reserved {what} at the same time; "
+                "run again to pick up its reservation"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
 
@@ -106,10 +118,14 @@ class Index:
             meta = yaml.safe_load(metadata.read_text(encoding="utf-8")) or {}
             if "fingerprint" in meta:
                 step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
-                found[meta["fingerprint"]] = {"dir": step_dir, "components": meta.get("components", {})}
+                found[meta["fingerprint"]] = {
+                    "dir": step_dir,
+                    "components": meta.get("components", {}),
+                }
                 if meta.get("chain"):
-                    self._write(self.root / "chains" / meta["chain"],
-                                {"dir": step_dir.rsplit("/", 1)[0]})
+                    self._write(
+                        self.root / "chains" / meta["chain"], {"dir": step_dir.rsplit("/", 1)[0]}
+                    )
         for fingerprint, entry in found.items():
             self._write(self.root / "steps" / fingerprint, entry)
             self._write(self.root / "names" / entry["dir"].replace("/", "%"), None)
@@ -118,4 +134,6 @@ class Index:
     @staticmethod
     def _write(path: Path, entry: dict[str, Any] | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("" if entry is None else json.dumps(entry, sort_keys=True), encoding="utf-8")
+        path.write_text(
+            "" if entry is None else json.dumps(entry, sort_keys=True), encoding="utf-8"
+        )

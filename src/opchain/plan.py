@@ -26,8 +26,16 @@ from opchain.errors import PlanError, SpecError
 from opchain.index import Index
 from opchain.spec import ChainSpec, OperationSpec, load_chain, load_operation
 
-__all__ = ["ChainPlan", "Job", "Plan", "Step", "canonical_json", "find_datasets", "inside_storage",
-           "plan_from_config"]
+__all__ = [
+    "ChainPlan",
+    "Job",
+    "Plan",
+    "Step",
+    "canonical_json",
+    "find_datasets",
+    "inside_storage",
+    "plan_from_config",
+]
 
 CHAINS_DIR = "operation_chain_results"
 OPERATIONS_DIR = "operation_results"
@@ -78,10 +86,24 @@ class ChainPlan:
             "chain": self.spec.name,
             "spec": str(self.spec.path),
             "input_path": self.spec.input_path,
-            "runs": [{"run": r, "seed": r, "steps": [
-                {"dir": s.dir, "operation": s.operation.operation.name, "fingerprint": s.fingerprint,
-                 "seed": s.seed, "datasets": len(s.jobs), "components": s.components}
-                for s in steps]} for r, steps in enumerate(self.runs)],
+            "runs": [
+                {
+                    "run": r,
+                    "seed": r,
+                    "steps": [
+                        {
+                            "dir": s.dir,
+                            "operation": s.operation.operation.name,
+                            "fingerprint": s.fingerprint,
+                            "seed": s.seed,
+                            "datasets": len(s.jobs),
+                            "components": s.components,
+                        }
+                        for s in steps
+                    ],
+                }
+                for r, steps in enumerate(self.runs)
+            ],
         }
 
     @property
@@ -112,8 +134,9 @@ class Plan:
         datasets = find_datasets(self.storage, chain.input_path, chain.path)
         chain_dir = self._directory("chains", chain.name, CHAINS_DIR, {})
         source = inputs_fingerprint(self.storage, datasets)
-        runs = [self._steps(chain.steps, datasets, source, run, chain_dir)
-                for run in range(chain.runs)]
+        runs = [
+            self._steps(chain.steps, datasets, source, run, chain_dir) for run in range(chain.runs)
+        ]
         plan = ChainPlan(chain, chain_dir, runs)
         self.chains.append(plan)
         return plan
@@ -125,8 +148,14 @@ class Plan:
             self.operation_steps += self._steps((operation,), datasets, source, run, OPERATIONS_DIR)
         return self.operation_steps
 
-    def _steps(self, operations: tuple[OperationSpec, ...], datasets: list[str], upstream: str,
-               run: int, parent: str) -> list[Step]:
+    def _steps(
+        self,
+        operations: tuple[OperationSpec, ...],
+        datasets: list[str],
+        upstream: str,
+        run: int,
+        parent: str,
+    ) -> list[Step]:
         steps: list[Step] = []
         for operation in operations:
             # The seed that shaped a result: its own if random, else its nearest random ancestor's.
@@ -136,13 +165,25 @@ class Plan:
             datasets, upstream = step.outputs, step.fingerprint
         return steps
 
-    def _step(self, operation: OperationSpec, datasets: list[str], upstream: str, seed: int | None,
-              parent: str) -> Step:
+    def _step(
+        self,
+        operation: OperationSpec,
+        datasets: list[str],
+        upstream: str,
+        seed: int | None,
+        parent: str,
+    ) -> Step:
         op = operation.operation
-        components = {"operation": op.name, "version": op.version, "code": op.code_hash,
-                      "settings": list(operation.settings), "upstream": upstream,
-                      "seed": seed if op.random else None,
-                      "format": self.dataset_format, "results": parent.split("/", 1)[0]}
+        components = {
+            "operation": op.name,
+            "version": op.version,
+            "code": op.code_hash,
+            "settings": list(operation.settings),
+            "upstream": upstream,
+            "seed": seed if op.random else None,
+            "format": self.dataset_format,
+            "results": parent.split("/", 1)[0],
+        }
         key = fingerprint(components)
         if key in self.steps:  # a deterministic step shared by several runs
             return self.steps[key]
@@ -152,12 +193,27 @@ class Plan:
         for i, dataset in enumerate(datasets):
             for j, setting in enumerate(settings):
                 output = f"{step_dir}/dataset_{i * len(settings) + j + 1}"
-                job = Job(output, dataset, {
-                    "operation": op.name, "type": operation.type, "parameters": setting,
-                    "seed": seed, "run": seed, "fingerprint": key,
-                    "components": components, "input": dataset, "output": output,
-                    "format": self.dataset_format, "resources": op.resources,
-                    "source": {"file": str(operation.path), "overridden_params": operation.overrides}})
+                job = Job(
+                    output,
+                    dataset,
+                    {
+                        "operation": op.name,
+                        "type": operation.type,
+                        "parameters": setting,
+                        "seed": seed,
+                        "run": seed,
+                        "fingerprint": key,
+                        "components": components,
+                        "input": dataset,
+                        "output": output,
+                        "format": self.dataset_format,
+                        "resources": op.resources,
+                        "source": {
+                            "file": str(operation.path),
+                            "overridden_params": operation.overrides,
+                        },
+                    },
+                )
                 step.jobs.append(job)
                 self.jobs[output] = job
         self.steps[key] = step
@@ -168,8 +224,10 @@ class Plan:
         if found is not None:
             return found["dir"]
         if self.job_process:
-            raise PlanError(f"no reserved directory for {kind[:-1]} {key} in this job process: "
-                            "the main snakemake process must plan and reserve it first")
+            raise PlanError(
+                f"no reserved directory for {kind[:-1]} {key} in this job process: "
+                "the main snakemake process must plan and reserve it first"
+            )
         return self.index.propose(kind, key, parent, entry)
 
 
@@ -186,8 +244,9 @@ def find_datasets(storage: Path, summary: str, where: Path) -> list[str]:
     """The datasets of a summary (at any depth), as sorted paths relative to the storage root."""
     top = inside_storage(storage, summary, where)
     if not top.is_dir():
-        raise SpecError(f"{where}: input_path '{summary}' is not a folder under the storage root "
-                        f"{storage}")
+        raise SpecError(
+            f"{where}: input_path '{summary}' is not a folder under the storage root {storage}"
+        )
     root = storage.resolve()
     found = []
     for folder, subfolders, files in os.walk(top):
@@ -196,10 +255,15 @@ def find_datasets(storage: Path, summary: str, where: Path) -> list[str]:
             found.append(Path(folder).relative_to(root).as_posix())
             subfolders.clear()
             continue
-        found += [(Path(folder) / f).relative_to(root).as_posix()
-                  for f in files if f.endswith((".h5", ".hdf5")) and not f.startswith(".")]
+        found += [
+            (Path(folder) / f).relative_to(root).as_posix()
+            for f in files
+            if f.endswith((".h5", ".hdf5")) and not f.startswith(".")
+        ]
     if not found:
-        raise SpecError(f"{where}: input_path '{summary}' holds no datasets (daf folders or .h5 files)")
+        raise SpecError(
+            f"{where}: input_path '{summary}' holds no datasets (daf folders or .h5 files)"
+        )
     return sorted(found)
 
 
@@ -224,12 +288,15 @@ def plan_from_config(config: dict[str, Any], *, job_process: bool) -> Plan:
     storage = Path(os.environ.get("OPCHAIN_STORAGE") or config.get("storage", "storage"))
     dataset_format = config.get("dataset_format", "files")
     if dataset_format not in FORMATS:
-        raise SpecError(f"config: dataset_format must be one of {', '.join(FORMATS)}, "
-                        f"not {dataset_format!r}")
+        raise SpecError(
+            f"config: dataset_format must be one of {', '.join(FORMATS)}, not {dataset_format!r}"
+        )
     plan = Plan(storage, Index(storage), dataset_format, job_process)
     if config.get("operation"):
         if not config.get("input_path"):
-            raise SpecError("config: 'operation' needs 'input_path' (a summary under the storage root)")
+            raise SpecError(
+                "config: 'operation' needs 'input_path' (a summary under the storage root)"
+            )
         plan.add_operation(load_operation(Path(config["operation"])), str(config["input_path"]))
         return plan
     operations_dir = Path(config.get("operations_dir", "config/operations"))

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import yaml
 
 from opchain import __version__
 from opchain.daf import FilesWriter, H5Writer, open_reader
-from opchain.errors import OpchainError
 from opchain.datastore import DataStore
+from opchain.errors import OpchainError
 from opchain.operations import Context, get_operation
 
 __all__ = ["main", "run_job", "versions", "write_atomic", "write_manifest"]
@@ -42,12 +42,16 @@ def versions() -> dict[str, str]:
     """What a result records of the software that made it."""
     import snakemake
 
-    return {"opchain": __version__, "python": platform.python_version(),
-            "numpy": np.__version__, "snakemake": snakemake.__version__}
+    return {
+        "opchain": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "snakemake": snakemake.__version__,
+    }
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+    return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 
 def umask() -> int:
@@ -85,15 +89,32 @@ def run_job(spec: dict[str, Any], storage: Path) -> Path:
             os.chmod(temporary, 0o777 & ~umask())
             results, urls = _compute(operation, spec, storage, temporary, output, log)
             metadata = {
-                **{k: spec[k] for k in ("operation", "type", "parameters", "run", "seed",
-                                        "fingerprint", "input", "output", "format")},
-                "results": results, "datastore": urls, "components": spec["components"],
-                "versions": versions(), "host": socket.gethostname(),
-                "started": started, "finished": now(),
+                **{
+                    k: spec[k]
+                    for k in (
+                        "operation",
+                        "type",
+                        "parameters",
+                        "run",
+                        "seed",
+                        "fingerprint",
+                        "input",
+                        "output",
+                        "format",
+                    )
+                },
+                "results": results,
+                "datastore": urls,
+                "components": spec["components"],
+                "versions": versions(),
+                "host": socket.gethostname(),
+                "started": started,
+                "finished": now(),
             }
             (temporary / "metadata.yaml").write_text(dump_yaml(metadata), encoding="utf-8")
-            (temporary / "input_metadata.yaml").write_text(input_metadata(storage, spec["input"]),
-                                                           encoding="utf-8")
+            (temporary / "input_metadata.yaml").write_text(
+                input_metadata(storage, spec["input"]), encoding="utf-8"
+            )
             if output.exists():  # Snakemake removes outputs first; a hand-run job replaces them
                 shutil.rmtree(output)
             os.rename(temporary, output)
@@ -105,8 +126,14 @@ def run_job(spec: dict[str, Any], storage: Path) -> Path:
     return output
 
 
-def _compute(operation: Any, spec: dict[str, Any], storage: Path, temporary: Path, output: Path,
-             log: logging.Logger) -> tuple[dict[str, Any], dict[str, str]]:
+def _compute(
+    operation: Any,
+    spec: dict[str, Any],
+    storage: Path,
+    temporary: Path,
+    output: Path,
+    log: logging.Logger,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Call the operation into ``temporary``; return its scores and its datastore's final URLs."""
     data = open_reader(storage / spec["input"])
     if spec["format"] == "h5":
@@ -114,13 +141,21 @@ def _compute(operation: Any, spec: dict[str, Any], storage: Path, temporary: Pat
     else:
         writer = FilesWriter(temporary, overwrite=True, atomic=False)
     seed = spec["seed"]
-    context = Context(output=writer, datastore=DataStore(), log=log, seed=seed,
-                      rng=np.random.default_rng(seed) if operation.random else None)
+    context = Context(
+        output=writer,
+        datastore=DataStore(),
+        log=log,
+        seed=seed,
+        rng=np.random.default_rng(seed) if operation.random else None,
+    )
     operation.function(data, dict(spec["parameters"]), context)
     writer.close()
     # The values are written aside; their URLs name where the directory will be.
-    urls = (context.datastore.save(temporary / "datastore", storage,
-                                   final_folder=output / "datastore") if context.datastore else {})
+    urls = (
+        context.datastore.save(temporary / "datastore", storage, final_folder=output / "datastore")
+        if context.datastore
+        else {}
+    )
     return _plain(context.results), urls
 
 

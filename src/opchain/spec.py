@@ -44,8 +44,10 @@ class YamlDoc:
 
     def error(self, where: KeyPath, message: str) -> SpecError:
         """A SpecError naming the file, the key path and (where known) its line."""
-        line = next((self.lines[where[:n]] for n in range(len(where), -1, -1)
-                     if where[:n] in self.lines), None)
+        line = next(
+            (self.lines[where[:n]] for n in range(len(where), -1, -1) if where[:n] in self.lines),
+            None,
+        )
         place = f"{self.path}:{line}" if line else str(self.path)
         key = ".".join(str(k) for k in where)
         return SpecError(f"{place}: {key + ': ' if key else ''}{message}")
@@ -126,8 +128,10 @@ def load_operation(path: Path, overrides: Mapping[str, Any] | None = None) -> Op
     form = forms[0] if forms else "parameters"
     raw = spec.get(form, {} if form != "parameter_settings" else [{}])
     settings = _expand(doc, form, raw, dict(overrides or {}))
-    validated = tuple(_validate(doc, operation, (form,) if len(settings) == 1 else (form, i), s)
-                      for i, s in enumerate(settings))
+    validated = tuple(
+        _validate(doc, operation, (form,) if len(settings) == 1 else (form, i), s)
+        for i, s in enumerate(settings)
+    )
     runs = _positive_int(doc, ("runs",), spec.get("runs", 1))
     return OperationSpec(path, spec["type"], operation, validated, runs, dict(overrides or {}))
 
@@ -147,8 +151,9 @@ def _expand(doc: YamlDoc, form: str, raw: Any, overrides: dict[str, Any]) -> lis
     return [dict(zip(raw, combo, strict=True)) for combo in itertools.product(*raw.values())]
 
 
-def _validate(doc: YamlDoc, operation: Operation, where: KeyPath,
-              setting: dict[str, Any]) -> dict[str, Any]:
+def _validate(
+    doc: YamlDoc, operation: Operation, where: KeyPath, setting: dict[str, Any]
+) -> dict[str, Any]:
     full = {**operation.defaults, **setting}
     error = jsonschema.exceptions.best_match(operation.validator.iter_errors(full))
     if error is not None:
@@ -198,11 +203,14 @@ def _mapping(doc: YamlDoc, where: KeyPath, value: Any) -> dict[str, Any]:
     return value
 
 
-def _no_unknown_keys(doc: YamlDoc, spec: dict[str, Any], known: set[str],
-                     where: KeyPath = ()) -> None:
+def _no_unknown_keys(
+    doc: YamlDoc, spec: dict[str, Any], known: set[str], where: KeyPath = ()
+) -> None:
     for key in spec:
         if key not in known:
-            raise doc.error((*where, key), f"unknown key (expected one of: {', '.join(sorted(known))})")
+            raise doc.error(
+                (*where, key), f"unknown key (expected one of: {', '.join(sorted(known))})"
+            )
 
 
 def _positive_int(doc: YamlDoc, where: KeyPath, value: Any) -> int:

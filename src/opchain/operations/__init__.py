@@ -54,8 +54,12 @@ class Operation:
 
     @cached_property
     def validator(self) -> jsonschema.protocols.Validator:
-        schema = {"type": "object", "properties": self.parameters,
-                  "required": list(self.required), "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": self.parameters,
+            "required": list(self.required),
+            "additionalProperties": False,
+        }
         return jsonschema.Draft202012Validator(schema)
 
     @property
@@ -72,9 +76,15 @@ class Operation:
 _REGISTRY: dict[str, Operation] = {}
 
 
-def operation(name: str, *, parameters: dict[str, Any], required: tuple[str, ...] = (),
-              random: bool = False, version: str = "1",
-              resources: dict[str, int] | None = None) -> Callable[[OperationFunction], OperationFunction]:
+def operation(
+    name: str,
+    *,
+    parameters: dict[str, Any],
+    required: tuple[str, ...] = (),
+    random: bool = False,
+    version: str = "1",
+    resources: dict[str, int] | None = None,
+) -> Callable[[OperationFunction], OperationFunction]:
     """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path)."""
 
     def register(fn: OperationFunction) -> OperationFunction:
@@ -97,8 +107,10 @@ def get_operation(name: Any) -> Operation:
         raise SpecError(f"must name an operation, not {name!r}")
     if ":" not in name:
         if name not in _REGISTRY:
-            raise SpecError(f"unknown operation '{name}' (built-in: {', '.join(sorted(_REGISTRY))}; "
-                            "or name a user operation as module:function)")
+            raise SpecError(
+                f"unknown operation '{name}' (built-in: {', '.join(sorted(_REGISTRY))}; "
+                "or name a user operation as module:function)"
+            )
         return _REGISTRY[name]
     module_name, _, attribute = name.partition(":")
     try:

@@ -19,10 +19,17 @@ from opchain.operations import Context, operation
 
 BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB keep memory flat whatever the matrix size
 
-MATRIX = {"type": "string", "pattern": "^[^,#/]+,[^,#/]+#[^/]+$",
-          "description": "the input matrix, as rows,columns#property"}
+MATRIX = {
+    "type": "string",
+    "pattern": "^[^,#/]+,[^,#/]+#[^/]+$",
+    "description": "the input matrix, as rows,columns#property",
+}
 AXIS = {"type": "string", "pattern": "^[^,#/]+$", "description": "an axis name"}
-VECTOR = {"type": "string", "pattern": "^[^,#/]+#[^/]+$", "description": "a vector, as axis#property"}
+VECTOR = {
+    "type": "string",
+    "pattern": "^[^,#/]+#[^/]+$",
+    "description": "a vector, as axis#property",
+}
 
 
 def split_matrix_name(name: str) -> tuple[str, str, str]:
@@ -69,8 +76,9 @@ def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def write_rows(out: Any, name: str, blocks: Iterator[tuple[slice, np.ndarray]],
-               dtype: str = "float32") -> None:
+def write_rows(
+    out: Any, name: str, blocks: Iterator[tuple[slice, np.ndarray]], dtype: str = "float32"
+) -> None:
     """Fill a new dense matrix (its shape is its axes') block by block, straight into storage."""
     with out.create_dense_in_rows(name, dtype=dtype) as target:
         for rows, block in blocks:
@@ -82,11 +90,18 @@ def require_columns(name: str, matrix: Any, needed: int, what: str) -> None:
         raise OpchainError(f"{what} {needed} exceeds the {matrix.shape[1]} columns of {name}")
 
 
-@operation("normalize", parameters={
-    "matrix": MATRIX,
-    "target_sum": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
-                   "description": "each row is scaled to sum to this"},
-})
+@operation(
+    "normalize",
+    parameters={
+        "matrix": MATRIX,
+        "target_sum": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 1.0,
+            "description": "each row is scaled to sum to this",
+        },
+    },
+)
 def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Scale each row to sum to ``target_sum`` (all-zero rows stay zero)."""
     name, target = params["matrix"], params["target_sum"]
@@ -115,19 +130,30 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if sp.issparse(matrix):
-        result = sp.csr_matrix((np.log1p(matrix.data, dtype=np.float32), matrix.indices,
-                                matrix.indptr), shape=matrix.shape)
+        result = sp.csr_matrix(
+            (np.log1p(matrix.data, dtype=np.float32), matrix.indices, matrix.indptr),
+            shape=matrix.shape,
+        )
         ctx.output.set_data2d(name, result)
         return
-    write_rows(ctx.output, name,
-               ((rows, np.log1p(dense_rows(matrix, rows).astype(np.float32)))
-                for rows in row_blocks(*matrix.shape)))
+    write_rows(
+        ctx.output,
+        name,
+        (
+            (rows, np.log1p(dense_rows(matrix, rows).astype(np.float32)))
+            for rows in row_blocks(*matrix.shape)
+        ),
+    )
 
 
-@operation("standardize", parameters={
-    "matrix": MATRIX,
-    "axis": {**AXIS, "description": "the axis whose entries are each scaled to mean 0, std 1"},
-}, required=("matrix", "axis"))
+@operation(
+    "standardize",
+    parameters={
+        "matrix": MATRIX,
+        "axis": {**AXIS, "description": "the axis whose entries are each scaled to mean 0, std 1"},
+    },
+    required=("matrix", "axis"),
+)
 def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Z-score each entry of ``axis`` (a column axis or the row axis of ``matrix``); dense output."""
     name, axis = params["matrix"], params["axis"]
@@ -144,20 +170,29 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
             for rows in row_blocks(*matrix.shape):
                 yield rows, (dense_rows(matrix, rows) - mean) / std
     else:
+
         def blocks() -> Iterator[tuple[slice, np.ndarray]]:
             for rows in row_blocks(*matrix.shape):
                 block = dense_rows(matrix, rows).astype(np.float64)
                 std = block.std(axis=1, keepdims=True)
                 yield rows, (block - block.mean(axis=1, keepdims=True)) / np.where(std == 0, 1, std)
+
     write_rows(ctx.output, name, blocks())
 
 
-@operation("pca", parameters={
-    "matrix": MATRIX,
-    "components": {"type": "integer", "minimum": 1, "default": 10},
-    "output": {"type": "string", "pattern": "^[^,#/]+$", "default": "pca",
-               "description": "the result is stored as rows,pc#<output>"},
-})
+@operation(
+    "pca",
+    parameters={
+        "matrix": MATRIX,
+        "components": {"type": "integer", "minimum": 1, "default": 10},
+        "output": {
+            "type": "string",
+            "pattern": "^[^,#/]+$",
+            "default": "pca",
+            "description": "the result is stored as rows,pc#<output>",
+        },
+    },
+)
 def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Project rows on the top principal components (exact, from the streamed covariance)."""
     name, k = params["matrix"], params["components"]
@@ -178,16 +213,33 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     carry(data, ctx.output)
     ctx.output.create_axis("pc", np.array([f"pc_{i + 1}" for i in range(k)], dtype=object))
     ctx.output.set_data1d("pc#explained_variance", eigenvalues[order].astype(np.float32))
-    write_rows(ctx.output, f"{rows_axis},pc#{params['output']}",
-               ((rows, (dense_rows(matrix, rows) - mean) @ basis) for rows in row_blocks(n_rows, n_columns)))
-    ctx.results["explained_variance_ratio"] = float(eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-300))
+    write_rows(
+        ctx.output,
+        f"{rows_axis},pc#{params['output']}",
+        (
+            (rows, (dense_rows(matrix, rows) - mean) @ basis)
+            for rows in row_blocks(n_rows, n_columns)
+        ),
+    )
+    ctx.results["explained_variance_ratio"] = float(
+        eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-300)
+    )
 
 
-@operation("subsample", random=True, parameters={
-    "matrix": MATRIX,
-    "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
-                 "description": "the fraction of rows kept, drawn without replacement"},
-})
+@operation(
+    "subsample",
+    random=True,
+    parameters={
+        "matrix": MATRIX,
+        "fraction": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "default": 0.5,
+            "description": "the fraction of rows kept, drawn without replacement",
+        },
+    },
+)
 def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Keep a random fraction of the rows of ``matrix`` (and of the row axis' vectors)."""
     name = params["matrix"]
@@ -204,10 +256,20 @@ def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.results["rows_kept"] = len(take)
 
 
-@operation("split", random=True, parameters={
-    "axis": {**AXIS, "description": "the axis whose entries are split into train and test"},
-    "test_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.25},
-}, required=("axis",))
+@operation(
+    "split",
+    random=True,
+    parameters={
+        "axis": {**AXIS, "description": "the axis whose entries are split into train and test"},
+        "test_fraction": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "default": 0.25,
+        },
+    },
+    required=("axis",),
+)
 def split(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Mark a random ``test_fraction`` of the entries of ``axis`` as test (``axis#is_test``)."""
     axis = params["axis"]
@@ -229,12 +291,20 @@ def copy_matrices(data: Any, out: Any) -> None:
                 out.set_data2d(name, data.get_data2d(name))
 
 
-@operation("nearest_centroid", parameters={
-    "matrix": MATRIX,
-    "labels": {**VECTOR, "description": "the true class of each row, as rows#property"},
-    "test": {**VECTOR, "type": ["string", "null"], "default": None,
-             "description": "rows#property of bools marking test rows (default rows#is_test)"},
-}, required=("matrix", "labels"))
+@operation(
+    "nearest_centroid",
+    parameters={
+        "matrix": MATRIX,
+        "labels": {**VECTOR, "description": "the true class of each row, as rows#property"},
+        "test": {
+            **VECTOR,
+            "type": ["string", "null"],
+            "default": None,
+            "description": "rows#property of bools marking test rows (default rows#is_test)",
+        },
+    },
+    required=("matrix", "labels"),
+)
 def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Fit one centroid per class on the training rows; score accuracy on the test rows."""
     name = params["matrix"]
@@ -247,7 +317,9 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     centroids = np.stack([matrix[~is_test & (labels == c)].mean(axis=0) for c in classes])
     distances = ((matrix[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
     predicted = classes[distances.argmin(axis=1)]
-    accuracy = float((predicted[is_test] == labels[is_test]).mean()) if is_test.any() else float("nan")
+    accuracy = (
+        float((predicted[is_test] == labels[is_test]).mean()) if is_test.any() else float("nan")
+    )
     carry(data, ctx.output)
     ctx.output.set_data1d(f"{rows_axis}#predicted", predicted.astype(object))
     ctx.results["accuracy"] = accuracy
@@ -257,11 +329,16 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.log.info("accuracy %.4f on %d test rows", accuracy, int(is_test.sum()))
 
 
-@operation("kmeans", random=True, parameters={
-    "matrix": MATRIX,
-    "clusters": {"type": "integer", "minimum": 1, "default": 8},
-    "iterations": {"type": "integer", "minimum": 1, "default": 50},
-}, required=("matrix",))
+@operation(
+    "kmeans",
+    random=True,
+    parameters={
+        "matrix": MATRIX,
+        "clusters": {"type": "integer", "minimum": 1, "default": 8},
+        "iterations": {"type": "integer", "minimum": 1, "default": 50},
+    },
+    required=("matrix",),
+)
 def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Lloyd's k-means from random rows; stores ``rows#cluster`` and the inertia as its score."""
     name, k = params["matrix"], params["clusters"]
@@ -273,8 +350,12 @@ def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
     centroids = matrix[ctx.rng.choice(matrix.shape[0], size=k, replace=False)]
     for _ in range(params["iterations"]):
         assignment = ((matrix[:, None, :] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
-        moved = np.stack([matrix[assignment == c].mean(axis=0) if (assignment == c).any()
-                          else centroids[c] for c in range(k)])
+        moved = np.stack(
+            [
+                matrix[assignment == c].mean(axis=0) if (assignment == c).any() else centroids[c]
+                for c in range(k)
+            ]
+        )
         if np.array_equal(moved, centroids):
             break
         centroids = moved
