@@ -83,17 +83,6 @@ def touch(data: Any) -> float:
     return float(np.asarray(data).sum())
 
 
-def best(repeat: int, action: Callable[[], Any], before: Callable[[], Any] | None = None) -> float:
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 # The contenders: write(path, matrix) and read(path) -> something touch() accepts ------------------
 
 
@@ -221,40 +210,50 @@ CONTENDERS: list[tuple[str, str, Callable[[Path, Any], None], Callable[[Path, An
 
 
 def run_matrix(title: str, matrix: Any, folder: Path, repeat: int) -> None:
+    """Round-robin over the contenders ``repeat`` times (interference from the rest of the machine
+    is spread over all of them), then print the best time of each."""
     sparse = sp.issparse(matrix)
-    nbytes = (
-        matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
-        if sparse
-        else matrix.nbytes
-    )
-    print(f"\n{title}: {nbytes / GIB:.2f} GiB")
-    print(
-        f"{'method':<24} {'write s':>8} {'GiB/s':>6} {'x raw':>6}   "
-        f"{'cold read s':>11} {'GiB/s':>6} {'x raw':>6}   {'warm read s':>11} {'GiB/s':>6}"
-    )
-    raw: tuple[float, float] | None = None
+    parts = (matrix.data, matrix.indices, matrix.indptr) if sparse else (matrix,)
+    gib = sum(part.nbytes for part in parts) / GIB
     expected = touch(matrix)
-    for name, suffix, write, read in CONTENDERS:
-        if sparse and suffix == "rows":
-            continue
-        if suffix == "npy":
-            path = folder / ("x.npz" if sparse else "x.npy")  # the names numpy insists on
-        else:
-            path = folder / f"x.{suffix}"
-        written = best(
-            repeat, lambda p=path, w=write: w(p, matrix), before=lambda p=path: remove(p)
-        )
-        cold = best(repeat, lambda p=path, r=read: r(p, matrix), before=lambda p=path: evict(p))
-        warm = best(repeat, lambda p=path, r=read: r(p, matrix))
-        assert math.isclose(read(path, matrix), expected, rel_tol=1e-3), name
-        remove(path)
-        if raw is None:
-            raw = (written, cold)
-        print(
-            f"{name:<24} {written:8.2f} {nbytes / GIB / written:6.2f} {written / raw[0]:6.2f}   "
-            f"{cold:11.2f} {nbytes / GIB / cold:6.2f} {cold / raw[1]:6.2f}   "
-            f"{warm:11.2f} {nbytes / GIB / warm:6.2f}"
-        )
+    contenders = [c for c in CONTENDERS if not (sparse and c[1] == "rows")]
+    times: dict[str, list[list[float]]] = {name: [[], [], []] for name, *_ in contenders}
+    for _ in range(repeat):
+        for name, suffix, write, read in contenders:
+            if suffix == "npy":
+                path = folder / ("x.npz" if sparse else "x.npy")  # the names numpy insists on
+            else:
+                path = folder / f"x.{suffix}"
+            os.sync()  # start from a quiet page cache
+            start = time.perf_counter()
+            write(path, matrix)
+            written = time.perf_counter() - start
+            evict(path)
+            start = time.perf_counter()
+            checksum = read(path, matrix)
+            cold = time.perf_counter() - start
+            start = time.perf_counter()
+            read(path, matrix)
+            warm = time.perf_counter() - start
+            assert math.isclose(checksum, expected, rel_tol=1e-3), name
+            remove(path)
+            for where, value in zip(times[name], (written, cold, warm), strict=True):
+                where.append(value)
+    print(f"\n{title}: {gib:.2f} GiB; best of {repeat} (median in parentheses)")
+    print(
+        f"{'method':<24} {'write s':>13} {'GiB/s':>6} {'x raw':>6}   "
+        f"{'cold read s':>13} {'GiB/s':>6} {'x raw':>6}   {'warm read s':>13} {'GiB/s':>6}"
+    )
+    raw = [min(series) for series in times[contenders[0][0]]]
+    for name, *_ in contenders:
+        cells = []
+        for index, series in enumerate(times[name]):
+            best_time, median = min(series), sorted(series)[len(series) // 2]
+            cell = f"{best_time:6.2f} ({median:4.2f}) {gib / best_time:6.2f}"
+            if index < 2:
+                cell += f" {best_time / raw[index]:6.2f}"
+            cells.append(cell)
+        print(f"{name:<24} " + "   ".join(cells))
 
 
 def make_huge(path: Path, rows: int, cols: int, store: str) -> None:
@@ -266,44 +265,62 @@ def make_huge(path: Path, rows: int, cols: int, store: str) -> None:
             matrix[1] = np.arange(cols, dtype="float32")
 
 
-def open_one_row(path: Path) -> float:
-    with open_reader(path) as reader:
-        return float(np.array(reader.get_data2d("row,col#x")[1]).sum())
+def open_then_row(path: Path, open_matrix: Callable[[Path], Any]) -> tuple[float, float]:
+    """Seconds to open the matrix (cold), then to read its row 1."""
+    evict(path)
+    start = time.perf_counter()
+    matrix = open_matrix(path)
+    opened = time.perf_counter() - start
+    row = np.array(matrix[1])
+    read = time.perf_counter() - start - opened
+    assert row[-1] == len(row) - 1
+    return opened, read
+
+
+def open_daf(path: Path) -> Any:
+    return open_reader(path).get_data2d("row,col#x")
 
 
 def run_open(folder: Path, repeat: int) -> None:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     huge = math.ceil(math.sqrt(0.6 * memory / 4))  # a square float32 matrix of 60% of the memory
-    print(f"\nopen a float32 matrix and read one row (cold); memory: {memory / GIB:.1f} GiB")
-    print(f"{'matrix':<22} {'GiB':>6} {'raw memmap s':>12} {'files s':>8} {'HDF5 s':>8}")
+    print(f"\nopen a float32 matrix, then read one row, cold; memory: {memory / GIB:.1f} GiB")
+    print("(best of", repeat, "; milliseconds)")
+    print(
+        f"{'matrix':<22} {'GiB':>6}   {'raw open':>8} {'row':>6}   {'files open':>10} {'row':>6}"
+        f"   {'HDF5 open':>9} {'row':>6}"
+    )
     for side in (512, 16384, huge):
         nbytes = side * side * 4
         raw_path = folder / "raw.bin"
         with open(raw_path, "wb") as file:
-            file.truncate(nbytes)
-
-        def raw_row(path: Path = raw_path, side: int = side) -> float:
-            return float(np.array(np.memmap(path, "float32", "r", shape=(side, side))[1]).sum())
-
-        times = [best(repeat, raw_row, before=lambda p=raw_path: evict(p))]
-        raw_path.unlink()
-        for store, name in (("files", "x.files"), ("h5", "x.h5")):
-            path = folder / name
-            make_huge(path, side, side, store)
-            data_file = path / "row,col#x.array" if store == "files" else path
-            assert data_file.stat().st_blocks * 512 < nbytes // 2 + (1 << 20)  # mostly holes
-            times.append(best(repeat, lambda p=path: open_one_row(p), lambda p=path: evict(p)))
+            file.truncate(nbytes)  # a sparse file, as create_dense_in_rows makes
+            file.seek(side * 4)
+            file.write(np.arange(side, dtype="float32").tobytes())
+        paths = [raw_path, folder / "x.files", folder / "x.h5"]
+        make_huge(paths[1], side, side, "files")
+        make_huge(paths[2], side, side, "h5")
+        data_file = paths[1] / "row,col#x.array"
+        assert data_file.stat().st_blocks * 512 < nbytes // 2 + (1 << 20)  # mostly holes
+        openers = [
+            lambda p, side=side: np.memmap(p, "float32", "r", shape=(side, side)),
+            open_daf,
+            open_daf,
+        ]
+        cells = []
+        for path, opener in zip(paths, openers, strict=True):
+            runs = [open_then_row(path, opener) for _ in range(repeat)]
+            cells.append(
+                f"{min(r[0] for r in runs) * 1e3:8.2f} {min(r[1] for r in runs) * 1e3:6.2f}"
+            )
             remove(path)
-        print(
-            f"{side:>9} x {side:<10} {nbytes / GIB:6.2f} {times[0]:12.4f} "
-            f"{times[1]:8.4f} {times[2]:8.4f}"
-        )
+        print(f"{side:>9} x {side:<10} {nbytes / GIB:6.2f}   " + "   ".join(cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gib", type=float, default=1.0, help="size of each matrix (GiB)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per number (the best counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per number (the best counts)")
     parser.add_argument("--dir", default="/tmp", help="where to write (deleted afterwards)")
     parser.add_argument("--skip-open", action="store_true", help="skip opening a huge matrix")
     options = parser.parse_args()
