@@ -236,6 +236,63 @@ def _die_with_parent(parent_pid: int):
     return preexec
 
 
+def _marker_value(pid: int) -> str | None:
+    prefix = f"{_MARKER}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(prefix):
+                    return item[len(prefix):].decode(errors="replace")
+    except OSError:
+        pass
+    return None
+
+
+def _kill_trees(is_root, term_wait: float = 5.0) -> None:
+    """SIGTERM (skipped if term_wait is 0), then SIGKILL, every process
+    matching is_root(pid) and all their descendants (never this process)."""
+    me = os.getpid()
+    steps = [(signal.SIGKILL, 2.0)]
+    if term_wait > 0:
+        steps.insert(0, (signal.SIGTERM, term_wait))
+    for sig, wait in steps:
+        table = _proc_table()
+        victims = {p for p in table if p != me and is_root(p)}
+        changed = True
+        while changed:  # add all descendants
+            changed = False
+            for pid, ppid in table.items():
+                if ppid in victims and pid not in victims:
+                    victims.add(pid)
+                    changed = True
+        victims.discard(me)
+        victims = {p for p in victims if _alive(p)}
+        if not victims:
+            return
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+            time.sleep(0.1)
+
+
+def _reap_orphans() -> None:
+    """Kill leftovers (e.g. slurmstepd + job processes, which outlive their
+    slurmd) of test clusters whose owning process no longer exists."""
+
+    def orphaned(pid: int) -> bool:
+        value = _marker_value(pid)
+        if value is None:
+            return False
+        owner = value.split("-", 1)[0]
+        return owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner))
+
+    # their owner is gone: nobody needs a graceful shutdown (and slurmstepd
+    # ignores SIGTERM while it cannot reach slurmd)
+    _kill_trees(orphaned, term_wait=0)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -298,7 +355,9 @@ class SlurmCluster:
         self._munge_dir: Path | None = None
         self._own_rundir: Path | None = None
         self._procs: dict[str, subprocess.Popen] = {}
-        self._marker = f"{uuid.uuid4().hex}"
+        # "<owner pid>-<random>": lets a later cluster recognise leftovers of
+        # one whose owner was killed (see _reap_orphans).
+        self._marker = f"{os.getpid()}-{uuid.uuid4().hex}"
         self._started = False
 
     # -- public API --------------------------------------------------------
@@ -312,6 +371,7 @@ class SlurmCluster:
                 raise SlurmClusterError(
                     f"{name} not found; call ensure_installed() first"
                 )
+        _reap_orphans()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="slurm-", dir=self.workdir))
         os.chmod(self.root, 0o755)
@@ -713,27 +773,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     def _kill_strays(self) -> None:
         marker = f"{_MARKER}={self._marker}".encode()
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-            table = _proc_table()
-            roots = {p for p in table if p != os.getpid() and _has_marker(p, marker)}
-            victims = set(roots)
-            changed = True
-            while changed:  # add all descendants
-                changed = False
-                for pid, ppid in table.items():
-                    if ppid in victims and pid not in victims:
-                        victims.add(pid)
-                        changed = True
-            victims.discard(os.getpid())
-            victims = {p for p in victims if _alive(p)}
-            if not victims:
-                return
-            for pid in victims:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and any(_alive(p) for p in victims):
-                time.sleep(0.1)
+        _kill_trees(lambda pid: _has_marker(pid, marker))
 
 
 @contextlib.contextmanager

@@ -274,6 +274,7 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
     result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
     assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta
     assert job_count(result) == 2
+    assert not list(project.storage.rglob(".dataset_*.tmp-*"))  # the dead attempt is cleaned up
     assert (
         len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4
     )

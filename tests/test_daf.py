@@ -578,6 +578,7 @@ def test_hypothesis_items_round_trip_or_refused(store: str, value: Any) -> None:
         (lambda w: w.set_item("input_metadata", 1), "reserved"),
         (lambda w: w.set_item("__daf__", 1), "reserved"),
         (lambda w: w.set_item("x" * 300, 1), "longer than"),
+        (lambda w: w.set_item("a\ud800", 1), "not encodable as UTF-8"),
         (lambda w: w.create_axis("a,b", ["x"]), "invalid axis name: 'a,b'"),
         (lambda w: w.create_axis("a#b", ["x"]), "invalid axis name: 'a#b'"),
         (lambda w: w.create_axis("a/b", ["x"]), "invalid axis name"),

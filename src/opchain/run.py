@@ -84,6 +84,8 @@ def run_job(spec: dict[str, Any], storage: Path) -> Path:
     with _step_log(output, logging.getLogger(f"opchain.{output.parent.name}.{output.name}")) as log:
         started = now()
         log.info("%s %s on %s", spec["operation"], spec["parameters"], spec["input"])
+        for leftover in output.parent.glob(f".{output.name}.tmp-*"):  # from a killed attempt
+            shutil.rmtree(leftover, ignore_errors=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
         try:
             os.chmod(temporary, 0o777 & ~umask())

@@ -80,15 +80,15 @@ from opchain.daf.interface import (
     Matrix,
     Reader,
     Writer,
-    _is_empty_dir,
-    _name_problem,
-    _valid_axis,
     aside_path,
     check_version,
     commit,
     first_duplicate,
     frozen_copy,
+    is_axis_name,
+    is_empty_dir,
     item_to_yaml,
+    name_problem,
 )
 from opchain.daf.mapping import (
     DTYPES,
@@ -258,16 +258,16 @@ class FilesReader(Reader):
             if not dot or suffix not in ("yaml", "csv") or name in NON_ITEM_FILES:
                 continue
             if "#" not in stem:
-                if suffix == "yaml" and _name_problem(stem) is None:
+                if suffix == "yaml" and name_problem(stem) is None:
                     self._items.add(stem)
                 continue
             left, prop = stem.split("#", 1)
             axes = tuple(left.split(","))
             if prop == "":
-                if suffix == "csv" and len(axes) == 1 and _valid_axis(left):
+                if suffix == "csv" and len(axes) == 1 and is_axis_name(left):
                     self._axes[left] = None
                 continue
-            if len(axes) > 2 or not all(map(_valid_axis, axes)):
+            if len(axes) > 2 or not all(map(is_axis_name, axes)):
                 continue
             if suffix == "csv":
                 kind = "csv"
@@ -481,7 +481,7 @@ class FilesWriter(FilesReader, Writer):
             raise DafError(f"refuse to overwrite the existing dataset: {final}")
         try:
             if atomic:
-                if final.is_dir() and not is_dataset and not _is_empty_dir(final):
+                if final.is_dir() and not is_dataset and not is_empty_dir(final):
                     raise DafError(f"refuse to replace a directory that is not a dataset: {final}")
                 final.parent.mkdir(parents=True, exist_ok=True)
                 directory = aside_path(final)

@@ -48,14 +48,14 @@ from opchain.daf.interface import (
     Matrix,
     Reader,
     Writer,
-    _name_problem,
-    _valid_axis,
     aside_path,
     check_version,
     commit,
     first_duplicate,
     frozen_copy,
+    is_axis_name,
     item_to_yaml,
+    name_problem,
 )
 from opchain.daf.mapping import (
     DTYPES,
@@ -77,7 +77,7 @@ INT64_RANGE = (-(2**63), 2**63 - 1)
 
 
 def _valid_item(name: str) -> bool:
-    return _name_problem(name) is None and "#" not in name and name not in RESERVED_ITEMS
+    return name_problem(name) is None and "#" not in name and name not in RESERVED_ITEMS
 
 
 def _decode_item(value: Any, what: str) -> Any:
@@ -186,7 +186,7 @@ class H5Reader(Reader):
                 continue
             left, prop = name.split("#", 1)
             axes = tuple(left.split(","))
-            if len(axes) > 2 or not all(map(_valid_axis, axes)):
+            if len(axes) > 2 or not all(map(is_axis_name, axes)):
                 continue
             if prop == "":
                 if isinstance(node, h5py.Dataset) and len(axes) == 1:

@@ -44,7 +44,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -82,7 +82,8 @@ Matrix = np.ndarray | sp.spmatrix | sp.sparray
 # Names ------------------------------------------------------------------------------------------
 
 
-def _name_problem(name: object) -> str | None:
+def name_problem(name: object) -> str | None:
+    """Why ``name`` can't be a daf name (it becomes a file name), or ``None`` if it can."""
     if not isinstance(name, str):
         return f"not a string: {type(name).__name__}"
     if name == "":
@@ -93,21 +94,23 @@ def _name_problem(name: object) -> str | None:
         return "holds a /"
     if "\0" in name:
         return "holds a NUL character"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    if not _encodable(name):
+        return "not encodable as UTF-8"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"longer than {MAX_NAME_BYTES} UTF-8 bytes"
     return None
 
 
-def _valid_axis(name: str) -> bool:
-    return _name_problem(name) is None and "," not in name and "#" not in name
+def is_axis_name(name: str) -> bool:
+    """Whether ``name`` is a valid axis name."""
+    return name_problem(name) is None and "," not in name and "#" not in name
 
 
 def _check_name(name: object, what: str) -> str:
-    problem = _name_problem(name)
+    problem = name_problem(name)
     if problem is not None:
         raise DafError(f"invalid {what} name: {name!r} ({problem})")
-    assert isinstance(name, str)
-    return name
+    return cast(str, name)
 
 
 def check_axis_name(axis: object) -> str:
@@ -302,7 +305,8 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _is_empty_dir(path: Path) -> bool:
+def is_empty_dir(path: Path) -> bool:
+    """Whether ``path`` is a real (not symlinked) directory with nothing in it."""
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
@@ -311,10 +315,11 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
 
     A missing ``final`` (or an empty directory) is simply replaced. An existing one is refused
     unless ``overwrite``, in which case it is renamed aside, ``temp`` renamed in, and the old one
-    removed last: at every moment ``final`` is either the old or the new complete dataset.
+    removed last: ``final`` is never a partial dataset (it is the old one, then for an instant
+    nothing, then the new one; if the second rename fails the old one is put back).
     """
     exists = final.exists() or final.is_symlink()
-    if exists and not _is_empty_dir(final):
+    if exists and not is_empty_dir(final):
         if not overwrite:
             raise DafError(f"refuse to overwrite the existing dataset: {final}")
         old = aside_path(final, "old")
