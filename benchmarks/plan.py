@@ -52,6 +52,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def touch(data, params, ctx):
     ctx.output.set_data2d("row,col#x", data.get_data2d("row,col#x"))
 '''
 
-PLAIN_SNAKEFILE = '''\
+PLAIN_SNAKEFILE = """\
 # Hand-written peer of opchain's chains: one wildcard rule, {chains} chains x {runs} runs x {ops} steps.
 CHAINS = range({chains})
 RUNS = range({runs})
@@ -99,12 +100,12 @@ rule step:
         "out/{{chain}}/{{run}}/{{i}}.txt",
     script:
         "step.py"
-'''
+"""
 
-PLAIN_SCRIPT = '''\
+PLAIN_SCRIPT = """\
 with open(snakemake.input[0]) as source, open(snakemake.output[0], "w") as out:  # noqa: F821
     out.write(source.read())
-'''
+"""
 
 
 def write_opchain_project(root: Path, chains: int, ops: int, runs: int) -> None:
@@ -113,17 +114,22 @@ def write_opchain_project(root: Path, chains: int, ops: int, runs: int) -> None:
     (root / "config" / "operations").mkdir(parents=True)
     (root / "benchops.py").write_text(BENCHOPS, encoding="utf-8")
     (root / "config" / "operations" / "touch.yaml").write_text(
-        "type: benchops:touch\nparameters: {tag: 0}\n", encoding="utf-8")
+        "type: benchops:touch\nparameters: {tag: 0}\n", encoding="utf-8"
+    )
     names = []
     for c in range(chains):
         name = f"config/chains/c{c:05d}.yaml"
-        items = "".join(f"  - {{operation_spec: touch.yaml, overridden_params: {{tag: {c}}}}}\n"
-                        for _ in range(ops))
-        (root / name).write_text(f"input_path: inputs\nruns: {runs}\noperations:\n{items}",
-                                 encoding="utf-8")
+        items = "".join(
+            f"  - {{operation_spec: touch.yaml, overridden_params: {{tag: {c}}}}}\n"
+            for _ in range(ops)
+        )
+        (root / name).write_text(
+            f"input_path: inputs\nruns: {runs}\noperations:\n{items}", encoding="utf-8"
+        )
         names.append(name)
     (root / "config" / "config.yaml").write_text(
-        "storage: storage\nchains:\n" + "".join(f"  - {n}\n" for n in names), encoding="utf-8")
+        "storage: storage\nchains:\n" + "".join(f"  - {n}\n" for n in names), encoding="utf-8"
+    )
     with FilesWriter(root / "storage" / "inputs" / "d0") as out:
         out.create_axis("row", np.array(["r0", "r1"], dtype=object))
         out.create_axis("col", np.array(["c0", "c1"], dtype=object))
@@ -132,8 +138,9 @@ def write_opchain_project(root: Path, chains: int, ops: int, runs: int) -> None:
 
 def write_plain_project(root: Path, chains: int, ops: int, runs: int) -> None:
     root.mkdir(parents=True)
-    (root / "Snakefile").write_text(PLAIN_SNAKEFILE.format(chains=chains, runs=runs, ops=ops),
-                                    encoding="utf-8")
+    (root / "Snakefile").write_text(
+        PLAIN_SNAKEFILE.format(chains=chains, runs=runs, ops=ops), encoding="utf-8"
+    )
     (root / "step.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
     (root / "in.txt").write_text("0 1\n2 3\n", encoding="utf-8")
 
@@ -147,23 +154,51 @@ def env_for(project: Path) -> dict[str, str]:
 def run(command: list[str], cwd: Path) -> tuple[float, str]:
     """Wall time of ``command`` and its stdout + stderr; fails loudly on a non-zero exit."""
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env_for(cwd), text=True, capture_output=True,
-                            timeout=TIMEOUT)
+    result = subprocess.run(
+        command, cwd=cwd, env=env_for(cwd), text=True, capture_output=True, timeout=TIMEOUT
+    )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n"
-                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"failed ({result.returncode}): {' '.join(command)}\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return elapsed, result.stdout + result.stderr
 
 
 def snakemake(snakefile: Path, project: Path, cores: int, *args: str) -> tuple[float, str]:
-    return run([sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(project),
-                "--cores", str(cores), "--workflow-profile", "none", *args], project)
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(snakefile),
+            "-d",
+            str(project),
+            "--cores",
+            str(cores),
+            "--workflow-profile",
+            "none",
+            *args,
+        ],
+        project,
+    )
 
 
-def best(repeat: int, fn) -> tuple[float, str]:
-    results = [fn() for _ in range(repeat)]
-    return min(results, key=lambda r: r[0])
+def rounds(
+    repeat: int,
+    variants: dict[str, Callable[[], tuple[float, str]]],
+) -> dict[str, tuple[float, str]]:
+    """The best (time, output) of each variant over ``repeat`` rounds, the variants interleaved in
+    every round (the machine's load drifts; interleaving spreads it over both sides)."""
+    found: dict[str, tuple[float, str]] = {}
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            result = fn()
+            if name not in found or result[0] < found[name][0]:
+                found[name] = result
+    return found
 
 
 def job_count(output: str, rule: str) -> int:
@@ -175,11 +210,36 @@ def job_count(output: str, rule: str) -> int:
     return int(found.group(1))
 
 
-def reserve(project: Path) -> None:
-    """Plan and reserve every directory, as onstart of a real run does, without running jobs."""
-    code = ("import yaml; from opchain.plan import plan_from_config; "
-            "plan_from_config(yaml.safe_load(open('config/config.yaml')), job_process=False).reserve()")
-    run([sys.executable, "-c", code], project)
+PLAN_CODE = """\
+import sys, time, yaml
+from opchain.plan import plan_from_config
+config = yaml.safe_load(open("config/config.yaml"))
+start = time.perf_counter()
+plan = plan_from_config(config, job_process=False)
+print(f"plan_seconds {time.perf_counter() - start:.6f} steps {len(plan.steps)}")
+if sys.argv[1:] == ["reserve"]:
+    plan.reserve()
+"""
+
+
+def plan_seconds(project: Path, *args: str) -> float:
+    """plan_from_config alone, timed inside a fresh interpreter (``reserve``: then reserve it)."""
+    out = run([sys.executable, "-c", PLAN_CODE, *args], project)[1]
+    return float(re.search(r"plan_seconds (\S+)", out).group(1))
+
+
+class IndexAside:
+    """The project's index moved away for the duration: planning sees a fresh project."""
+
+    def __init__(self, project: Path) -> None:
+        self.index = project / "storage" / ".opchain"
+        self.aside = project / "storage" / ".opchain-aside"
+
+    def __enter__(self) -> None:
+        self.index.rename(self.aside)
+
+    def __exit__(self, *exc: object) -> None:
+        self.aside.rename(self.index)
 
 
 def profile_plan(project: Path, top: int = 15) -> str:
@@ -194,18 +254,36 @@ def profile_plan(project: Path, top: int = 15) -> str:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats({top})
         print(f"steps {{len(plan.steps)}}, jobs {{len(plan.jobs)}}")
-        print(out.getvalue())
+        print(out.getvalue().strip())
         """)
-    return run([sys.executable, "-c", code], project)[1]
+    with IndexAside(project):
+        return run([sys.executable, "-c", code], project)[1]
 
 
-def planning(sizes: list[int], ops: int, runs: int, repeat: int, cores: int, tmp: Path,
-             limit: float) -> Path | None:
-    print(f"\nPlanning: snakemake -n --cores {cores}; chains x {ops} operations x {runs} runs; "
-          f"seconds, best of {repeat} (at least 2 up to 1,000 steps)")
-    header = (f"{'steps':>7} {'chains':>6} {'jobs':>6} {'fresh s':>8} {'reserved s':>10} "
-              f"{'plain s':>8} {'limit s':>8} {'fresh/plain':>11} {'resv/plain':>10} "
-              f"{'fresh ms/step':>13} {'plain ms/step':>13}")
+def dry_runs(ours: Path, plain: Path, cores: int) -> dict[str, Callable[[], tuple[float, str]]]:
+    def fresh() -> tuple[float, str]:
+        with IndexAside(ours):
+            return snakemake(REPO / "Snakefile", ours, cores, "-n")
+
+    return {
+        "fresh": fresh,
+        "reserved": lambda: snakemake(REPO / "Snakefile", ours, cores, "-n"),
+        "plain": lambda: snakemake(plain / "Snakefile", plain, cores, "-n"),
+    }
+
+
+def planning(
+    sizes: list[int], ops: int, runs: int, repeat: int, cores: int, tmp: Path, limit: float
+) -> Path | None:
+    print(
+        f"\nPlanning: snakemake -n --cores {cores}, chains x {ops} operations x {runs} runs; "
+        f"seconds, best of {repeat} interleaved rounds (at least 2 up to 1,000 steps)"
+    )
+    header = (
+        f"{'steps':>6} {'chains':>6} {'step jobs':>9} | {'fresh s':>7} {'plan s':>6} | "
+        f"{'resv s':>6} {'plan s':>6} | {'plain s':>7} {'limit s':>7} | {'fresh/plain':>11} "
+        f"{'resv/plain':>10} | {'ms/step fresh':>13} {'resv':>6} {'plain':>6}"
+    )
     print(header)
     print("-" * len(header))
     largest = None
@@ -217,19 +295,23 @@ def planning(sizes: list[int], ops: int, runs: int, repeat: int, cores: int, tmp
         ours, plain = tmp / f"opchain-{size}", tmp / f"plain-{size}"
         write_opchain_project(ours, chains, ops, runs)
         write_plain_project(plain, chains, ops, runs)
-        fresh, out = best(reps, lambda: snakemake(REPO / "Snakefile", ours, cores, "-n"))
-        steps = job_count(out, "step")
-        reserve(ours)
-        reserved, out = best(reps, lambda: snakemake(REPO / "Snakefile", ours, cores, "-n"))
-        if job_count(out, "step") != steps:
-            raise SystemExit("the reserved plan has a different number of step jobs")
-        base, out = best(reps, lambda: snakemake(plain / "Snakefile", plain, cores, "-n"))
-        plain_steps = job_count(out, "step")
-        if steps != size or plain_steps != size:
-            raise SystemExit(f"expected {size} step jobs, got opchain {steps}, plain {plain_steps}")
-        print(f"{size:>7} {chains:>6} {steps:>6} {fresh:>8.2f} {reserved:>10.2f} {base:>8.2f} "
-              f"{limit:>8.2f} {fresh / base:>10.2f}x {reserved / base:>9.2f}x "
-              f"{1000 * fresh / size:>13.3f} {1000 * base / size:>13.3f}", flush=True)
+        resv_plan = plan_seconds(ours, "reserve")  # (the index is empty here; reserve() fills it)
+        with IndexAside(ours):
+            fresh_plan = plan_seconds(ours)
+        resv_plan = plan_seconds(ours)
+
+        found = rounds(reps, dry_runs(ours, plain, cores))
+        counts = {name: job_count(out, "step") for name, (_, out) in found.items()}
+        if set(counts.values()) != {size}:
+            raise SystemExit(f"expected {size} step jobs everywhere, got {counts}")
+        f, r, p = (found[name][0] for name in ("fresh", "reserved", "plain"))
+        print(
+            f"{size:>6} {chains:>6} {counts['fresh']:>9} | {f:>7.2f} {fresh_plan:>6.2f} | "
+            f"{r:>6.2f} {resv_plan:>6.2f} | {p:>7.2f} {limit:>7.2f} | {f / p:>10.2f}x "
+            f"{r / p:>9.2f}x | {1000 * f / size:>13.2f} {1000 * r / size:>6.2f} "
+            f"{1000 * p / size:>6.2f}",
+            flush=True,
+        )
         if largest is not None:
             shutil.rmtree(largest, ignore_errors=True)
         largest = ours
@@ -238,20 +320,20 @@ def planning(sizes: list[int], ops: int, runs: int, repeat: int, cores: int, tmp
 
 
 def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
-    print(f"\nExecution: one chain of {steps} sequential steps, snakemake --cores {cores}; "
-          f"seconds, best of {repeat}")
+    print(
+        f"\nExecution: one chain of {steps} sequential steps of a trivial operation, "
+        f"snakemake --cores {cores}; seconds, best of {repeat} interleaved rounds"
+    )
+    ours, plain = tmp / "exec-opchain", tmp / "exec-plain"
+    write_opchain_project(ours, 1, steps, 1)
+    write_plain_project(plain, 1, steps, 1)
+    ours_snakefile, plain_snakefile = REPO / "Snakefile", plain / "Snakefile"
 
-    def ours_once() -> tuple[float, str]:
-        project = tmp / "exec-opchain"
-        shutil.rmtree(project, ignore_errors=True)
-        write_opchain_project(project, 1, steps, 1)
-        return snakemake(REPO / "Snakefile", project, cores)
-
-    def plain_once() -> tuple[float, str]:
-        project = tmp / "exec-plain"
-        shutil.rmtree(project, ignore_errors=True)
-        write_plain_project(project, 1, steps, 1)
-        return snakemake(project / "Snakefile", project, cores)
+    def clean_run(project: Path, snakefile: Path, results: str, *args: str) -> tuple[float, str]:
+        shutil.rmtree(project / results, ignore_errors=True)
+        shutil.rmtree(project / "logs", ignore_errors=True)
+        shutil.rmtree(project / ".snakemake", ignore_errors=True)
+        return snakemake(snakefile, project, cores, *args)
 
     def limit_once() -> tuple[float, str]:
         start = time.perf_counter()
@@ -259,46 +341,95 @@ def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
             subprocess.run([sys.executable, "-c", "pass"], check=True)
         return time.perf_counter() - start, ""
 
-    ours, out = best(repeat, ours_once)
-    if job_count(out, "step") != steps:
-        raise SystemExit(f"opchain ran {job_count(out, 'step')} step jobs, not {steps}")
-    plain, out = best(repeat, plain_once)
-    if job_count(out, "step") != steps:
-        raise SystemExit(f"plain Snakemake ran {job_count(out, 'step')} step jobs, not {steps}")
-    limit, _ = best(repeat, limit_once)
-    header = (f"{'steps':>6} {'opchain s':>9} {'plain s':>8} {'limit s':>8} {'ratio':>7} "
-              f"{'opchain ms/step':>15} {'plain ms/step':>13} {'limit ms/step':>13}")
+    found = rounds(
+        repeat,
+        {
+            "opchain dry": lambda: snakemake(ours_snakefile, ours, cores, "-n"),
+            "plain dry": lambda: snakemake(plain_snakefile, plain, cores, "-n"),
+            "opchain": lambda: clean_run(ours, ours_snakefile, "storage/operation_chain_results"),
+            "opchain steps": lambda: clean_run(
+                ours, ours_snakefile, "storage/operation_chain_results", "--until", "step"
+            ),
+            "plain": lambda: clean_run(plain, plain_snakefile, "out"),
+            "limit": limit_once,
+        },
+    )
+    for name in ("opchain", "opchain steps", "plain"):
+        if job_count(found[name][1], "step") != steps:
+            raise SystemExit(
+                f"{name} ran {job_count(found[name][1], 'step')} step jobs, not {steps}"
+            )
+    dry = {
+        "opchain": found["opchain dry"][0],
+        "opchain steps": found["opchain dry"][0],
+        "plain": found["plain dry"][0],
+    }
+    plain_step = (found["plain"][0] - dry["plain"]) / steps
+    header = (
+        f"{'':<30} {'run s':>7} {'dry-run s':>9} {'per step ms':>11} {'run ratio':>9} "
+        f"{'per-step ratio':>14}"
+    )
     print(header)
     print("-" * len(header))
-    print(f"{steps:>6} {ours:>9.2f} {plain:>8.2f} {limit:>8.2f} {ours / plain:>6.2f}x "
-          f"{1000 * ours / steps:>15.1f} {1000 * plain / steps:>13.1f} {1000 * limit / steps:>13.1f}")
+    rows = [
+        ("opchain (steps + chain.yaml)", "opchain"),
+        ("opchain --until step", "opchain steps"),
+        ("plain Snakemake (script:)", "plain"),
+    ]
+    for label, name in rows:
+        total = found[name][0]
+        per_step = (total - dry[name]) / steps
+        print(
+            f"{label:<30} {total:>7.2f} {dry[name]:>9.2f} {1000 * per_step:>11.0f} "
+            f"{total / found['plain'][0]:>8.2f}x {per_step / plain_step:>13.2f}x"
+        )
+    limit = found["limit"][0]
+    print(
+        f"{'limit: ' + str(steps) + ' x python -c pass':<30} {limit:>7.2f} {'':>9} "
+        f"{1000 * limit / steps:>11.0f}"
+    )
+    print(
+        "per step = (run - dry run of the same workflow) / steps: a job's marginal cost without "
+        "parsing and DAG building;\n'opchain --until step' leaves out the chain's chain_manifest "
+        "job (a run: job, which Snakemake runs as a spawned snakemake process)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="100,1000,10000",
-                        help="comma-separated step counts for the dry runs (multiples of ops x runs)")
+    parser.add_argument(
+        "--sizes",
+        default="100,1000,10000",
+        help="comma-separated step counts for the dry runs (multiples of ops x runs)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per number (the best counts)")
     parser.add_argument("--ops", type=int, default=10, help="operations per chain (dry runs)")
     parser.add_argument("--runs", type=int, default=5, help="runs per chain (dry runs)")
-    parser.add_argument("--exec-steps", type=int, default=100,
-                        help="steps of the executed chain (0 skips the execution part)")
+    parser.add_argument(
+        "--exec-steps",
+        type=int,
+        default=100,
+        help="steps of the executed chain (0 skips the execution part)",
+    )
     parser.add_argument("--cores", type=int, default=1, help="--cores for every snakemake run")
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile plan_from_config on the largest project")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile plan_from_config on the largest project"
+    )
     parser.add_argument("--dir", default=None, help="where to generate (deleted afterwards)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
-    version = subprocess.run([sys.executable, "-m", "snakemake", "--version"], text=True,
-                             capture_output=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--version"], text=True, capture_output=True, check=True
+    ).stdout.strip()
     print(f"snakemake {version}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     tmp = Path(tempfile.mkdtemp(prefix="opchain-plan-bench-", dir=args.dir))
     try:
-        limit, _ = best(3, lambda: run([sys.executable, "-m", "snakemake", "--version"], tmp))
+        limit = rounds(
+            3, {"limit": lambda: run([sys.executable, "-m", "snakemake", "--version"], tmp)}
+        )["limit"][0]
         largest = planning(sizes, args.ops, args.runs, args.repeat, args.cores, tmp, limit)
         if args.profile and largest is not None:
-            shutil.rmtree(largest / "storage" / ".opchain", ignore_errors=True)  # a fresh plan
             print(f"\ncProfile of plan_from_config, fresh index, {largest.name}:")
             print(profile_plan(largest))
         if args.exec_steps:
