@@ -112,24 +112,22 @@ class Index:
             out.write(text)
 
     def rebuild(self) -> int:
-        """Recreate step and chain entries from the results' metadata; returns the steps found."""
-        found: dict[str, dict[str, Any]] = {}
-        for metadata in sorted(self.storage.glob("operation*_results/**/dataset_*/metadata.yaml")):
+        """Recreate the entries from the results' metadata.yaml and the chains' chain.yaml files;
+        returns how many steps were found."""
+        steps: dict[str, str] = {}
+        for metadata in self.storage.glob("operation*_results/**/dataset_*/metadata.yaml"):
             meta = yaml.safe_load(metadata.read_text(encoding="utf-8")) or {}
-            if "fingerprint" in meta:
-                step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
-                found[meta["fingerprint"]] = {
-                    "dir": step_dir,
-                    "components": meta.get("components", {}),
-                }
-                if meta.get("chain"):
-                    self._write(
-                        self.root / "chains" / meta["chain"], {"dir": step_dir.rsplit("/", 1)[0]}
-                    )
-        for fingerprint, entry in found.items():
-            self._write(self.root / "steps" / fingerprint, entry)
-            self._write(self.root / "names" / entry["dir"].replace("/", "%"), None)
-        return len(found)
+            step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
+            steps[meta["fingerprint"]] = step_dir
+            self._write(self.root / "steps" / meta["fingerprint"],
+                        {"dir": step_dir, "components": meta["components"]})
+            self._write(self.root / "names" / step_dir.replace("/", "%"), None)
+        for manifest in self.storage.glob("operation_chain_results/*/chain.yaml"):
+            chain_dir = manifest.parent.relative_to(self.storage).as_posix()
+            name = (yaml.safe_load(manifest.read_text(encoding="utf-8")) or {})["chain"]
+            self._write(self.root / "chains" / name, {"dir": chain_dir})
+            self._write(self.root / "names" / chain_dir.replace("/", "%"), None)
+        return len(steps)
 
     @staticmethod
     def _write(path: Path, entry: dict[str, Any] | None) -> None:
