@@ -21,8 +21,12 @@ Each is written and then fully read by:
 absorbs the data; nobody fsyncs). Before the "cold" read, every file of the output is fsynced and
 evicted from the page cache (``posix_fadvise(DONTNEED)``, no root needed); the "warm" read follows
 right after. A "full read" is opening the data and summing every element (plus the indices for
-CSR), so lazily memory-mapped stores pay for touching every page. Each number is the best of
-``--repeat`` runs. "x raw" is the time relative to raw (write, cold read).
+CSR), so lazily memory-mapped stores pay for touching every page. The contenders run round-robin
+``--repeat`` times (interference from the rest of the machine is spread over all of them); each
+number is the best run, with the median in parentheses. "x raw" is the time relative to raw.
+Before each timed operation the benchmark touches and frees as much memory as it will need (see
+``prime``), because this virtual machine returns freed memory to its host and the first touch of
+such memory costs about 2 s/GiB, landing on whichever method allocates first after a pause.
 
 Then the time to open a matrix larger than half of the machine's memory and read one row (cold),
 compared with smaller matrices. That matrix is made without writing it: ``create_dense_in_rows``
@@ -67,6 +71,15 @@ def evict(path: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def prime(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of memory, so that the next timed operation finds free memory the
+    guest kernel already holds: this VM hands freed memory back to its host, and the first touch of
+    such memory costs about 2 s/GiB, which would otherwise land on whichever method allocates
+    first after a pause."""
+    scratch = np.ones(nbytes, dtype=np.uint8)
+    del scratch
 
 
 def remove(path: Path) -> None:
@@ -225,13 +238,16 @@ def run_matrix(title: str, matrix: Any, folder: Path, repeat: int) -> None:
             else:
                 path = folder / f"x.{suffix}"
             os.sync()  # start from a quiet page cache
+            prime(int(2.2 * gib * GIB))
             start = time.perf_counter()
             write(path, matrix)
             written = time.perf_counter() - start
             evict(path)
+            prime(int(2.2 * gib * GIB))
             start = time.perf_counter()
             checksum = read(path, matrix)
             cold = time.perf_counter() - start
+            prime(int(1.1 * gib * GIB))
             start = time.perf_counter()
             read(path, matrix)
             warm = time.perf_counter() - start

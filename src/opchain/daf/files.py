@@ -599,11 +599,11 @@ class FilesWriter(FilesReader, Writer):
             file.truncate(size)  # a sparse file: no disk writes until the data is written
         if not size:
             array: np.ndarray = np.zeros(shape, dtype)
-            fd = None
+            file = None
         else:
             array = RowsMemmap(path, dtype, "r+", shape=shape)
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            array.attach(fd)
+            file = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed below
+            array.attach(file)
         try:
             yield array
             if isinstance(array, np.memmap):
@@ -612,9 +612,9 @@ class FilesWriter(FilesReader, Writer):
             path.unlink(missing_ok=True)
             raise
         finally:
-            if fd is not None:
+            if file is not None:
                 array.attach(None)  # type: ignore[attr-defined]
-                os.close(fd)
+                file.close()
         self._write_sidecar(stem, {"dtype": dtype.name, "shape": list(shape)})
         self._matrices.setdefault((rows, columns), {})[prop] = "array"
 

@@ -390,14 +390,14 @@ class H5Writer(H5Reader, Writer):
         name = f"{rows},{columns}#{prop}"
         dataset = self._create_contiguous(self._group, name, shape, dtype)
         offset = dataset.id.get_offset()
-        fd = None
+        file = None
         if offset is None:
             array: np.ndarray = np.zeros(shape, dtype)
         else:
             self._file.flush()  # the file now covers the dataset's storage
             array = RowsMemmap(self._target, dtype, "r+", offset=offset, shape=shape)
-            fd = os.open(self._target, os.O_RDWR | os.O_CLOEXEC)
-            array.attach(fd, offset)
+            file = open(self._target, "r+b", buffering=0)  # noqa: SIM115 - closed below
+            array.attach(file, offset)
         try:
             yield array
             if isinstance(array, np.memmap):
@@ -406,9 +406,9 @@ class H5Writer(H5Reader, Writer):
             del self._group[name]
             raise
         finally:
-            if fd is not None:
+            if file is not None:
                 array.attach(None)  # type: ignore[attr-defined]
-                os.close(fd)
+                file.close()
         self._matrices.setdefault((rows, columns), {})[prop] = dataset
 
     def _write_dense(self, parent: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:

@@ -92,29 +92,22 @@ def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ..
 
 
 def write_array(file: BinaryIO, array: np.ndarray, dtype: np.dtype) -> None:
-    """Write the elements of ``array`` to ``file`` as raw ``dtype`` (little-endian) in C order.
+    """Write the elements of ``array`` to ``file`` (at its position) as raw ``dtype``
+    (little-endian) in C order.
 
     A C-contiguous array of the right dtype (e.g. a memory-mapped source) is written straight from
-    its buffer; anything else is converted in blocks of rows of at most :data:`BLOCK_BYTES`.
+    its buffer by ``ndarray.tofile`` (measurably faster here than ``file.write``, for the same
+    bytes); anything else is converted in blocks of rows of at most :data:`BLOCK_BYTES`.
     """
     if array.size == 0:
         return
     if array.flags.c_contiguous and array.dtype == dtype:
-        _write_bytes(file, array.reshape(-1).view(np.uint8))
+        array.tofile(file)
         return
     row_bytes = dtype.itemsize * prod(array.shape[1:])
     rows_per_block = max(1, BLOCK_BYTES // max(1, row_bytes))
     for start in range(0, array.shape[0], rows_per_block):
-        block = np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype)
-        _write_bytes(file, block.reshape(-1).view(np.uint8))
-
-
-def _write_bytes(file: BinaryIO, data: np.ndarray) -> None:
-    for start in range(0, data.size, BLOCK_BYTES):
-        view = memoryview(data[start : start + BLOCK_BYTES])
-        while view:
-            written = file.write(view)
-            view = view[written:]
+        np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype).tofile(file)
 
 
 class RowsMemmap(np.memmap):
@@ -122,31 +115,31 @@ class RowsMemmap(np.memmap):
 
     It is an ordinary ``numpy.memmap``, except that while its writer is open, assigning whole
     rows (``m[i:j] = block`` or ``m[i] = row``, with a block of exactly that shape) writes the bytes
-    to the file with ``pwrite``. That is the same file and the same page cache the mapping shows,
-    so reads through the mapping see the data at once; it only avoids a page fault per written page
-    (about 3x faster here for large matrices). Other assignments go through the mapping.
+    to the file itself. That is the same file and the same page cache the mapping shows, so reads
+    through the mapping see the data at once; it only avoids a page fault per written page (about
+    3x faster here for large matrices). Other assignments go through the mapping.
     """
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        fd = self.__dict__.get("_daf_fd")  # set on the writer's own matrix only, not on views
-        if fd is not None and self.ndim == 2:
+        file = self.__dict__.get("_daf_file")  # set on the writer's own matrix only, not on views
+        if file is not None and self.ndim == 2:
             rows = _whole_rows(key, self.shape[0])
             if rows is not None:
                 block = np.asarray(value)
                 expected = (rows[1] - rows[0], self.shape[1])
                 if block.shape == expected or (
-                    block.shape == expected[1:] and isinstance(key, int)
+                    block.shape == expected[1:] and not isinstance(key, slice)
                 ):
-                    block = np.ascontiguousarray(block, dtype=self.dtype)
                     row_bytes = self.shape[1] * self.dtype.itemsize
-                    _pwrite_all(fd, block, self.__dict__["_daf_offset"] + rows[0] * row_bytes)
+                    file.seek(self.__dict__["_daf_offset"] + rows[0] * row_bytes)
+                    write_array(file, block.reshape(expected), self.dtype)
                     return
         super().__setitem__(key, value)
 
-    def attach(self, fd: int | None, offset: int = 0) -> None:
-        """Write whole rows through ``fd`` (the file, where the matrix starts at ``offset``), or
-        stop doing so (``None``)."""
-        self.__dict__["_daf_fd"] = fd
+    def attach(self, file: BinaryIO | None, offset: int = 0) -> None:
+        """Write whole rows through ``file`` (open on the data, where the matrix starts at
+        ``offset``), or stop doing so (``None``)."""
+        self.__dict__["_daf_file"] = file
         self.__dict__["_daf_offset"] = offset
 
 
@@ -158,17 +151,6 @@ def _whole_rows(key: Any, count: int) -> tuple[int, int] | None:
         start, stop, _ = key.indices(count)
         return (start, max(start, stop))
     return None
-
-
-def _pwrite_all(fd: int, block: np.ndarray, offset: int) -> None:
-    data = block.reshape(-1).view(np.uint8)
-    for start in range(0, data.size, BLOCK_BYTES):
-        view = memoryview(data[start : start + BLOCK_BYTES])
-        at = offset + start
-        while view:
-            written = os.pwrite(fd, view, at)
-            view = view[written:]
-            at += written
 
 
 def make_csr(
