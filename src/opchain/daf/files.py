@@ -526,9 +526,10 @@ class FilesWriter(FilesReader, Writer):
         self._items.add(name)
 
     def _create_axis(self, axis: str, entries: np.ndarray) -> None:
-        body = "".join(entry + "\n" for entry in entries)
-        if '"' in body or "," in body or "\r" in body or body.count("\n") != len(entries):
-            body = "".join(_csv_line(entry) for entry in entries)
+        names = entries.tolist()
+        body = "\n".join(names) + "\n" if names else ""
+        if '"' in body or "," in body or "\r" in body or body.count("\n") != len(names):
+            body = "".join(_csv_line(entry) for entry in names)
         _write_text(self._dir / f"{axis}#.csv", _csv_line(axis) + body)
         self._axes[axis] = None
         self._cache[("axis", axis)] = entries

@@ -225,7 +225,9 @@ def item_to_yaml(value: Any, what: str) -> str:
 def _check_strings(values: np.ndarray, what: str, allow_none: bool) -> np.ndarray:
     """Return an object array of ``str``/``None`` after checking every element."""
     strings = values.astype(object) if values.dtype.kind == "U" else values
-    present = [value for value in strings.flat if value is not None or not allow_none]
+    present = strings.reshape(-1).tolist()
+    if allow_none:
+        present = [value for value in present if value is not None]
     try:
         joined = "".join(present)  # checks all at C speed; the loops below only find the culprit
     except TypeError:
@@ -611,16 +613,20 @@ class Writer(Reader):
         if self.has_axis(axis):
             raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
         what = f"the entries of the axis: {axis} in the dataset: {self.path}"
-        array = _as_array(entries if isinstance(entries, np.ndarray) else list(entries))
-        if array.ndim != 1 or (array.size and array.dtype.kind not in "UO"):
-            raise DafError(f"expected a 1D vector of strings for {what}")
-        strings = _check_strings(array.astype(object), what, allow_none=False)
-        unique = set(strings)
+        if isinstance(entries, np.ndarray):
+            if entries.ndim != 1 or (entries.size and entries.dtype.kind not in "UO"):
+                raise DafError(f"expected a 1D vector of strings for {what}")
+            strings = entries.astype(object)  # a copy: the caller may change theirs
+        else:
+            strings = np.fromiter(entries, dtype=object)
+        _check_strings(strings, what, allow_none=False)
+        unique = set(strings.tolist())
         if "" in unique:
             raise DafError(f"empty entry in {what}")
         if len(unique) != len(strings):
             raise DafError(f"duplicate entry: {first_duplicate(strings)!r} in {what}")
-        self._create_axis(axis, frozen_copy(strings))
+        strings.flags.writeable = False
+        self._create_axis(axis, strings)
 
     def set_data1d(self, name: str, vector: Any) -> None:
         """Set the 1D data ``axis#property``: numbers/bool (see :data:`DTYPES`) or strings
@@ -655,7 +661,8 @@ class Writer(Reader):
             if matrix.ndim != 2:
                 raise DafError(f"expected a 2D matrix: {what}")
             as_dtype(matrix.dtype, what)
-            csr = sp.csr_matrix(matrix)
+            # keep a csr_matrix as is: scipy caches whether it is canonical (else an O(nnz) scan)
+            csr = matrix if isinstance(matrix, sp.csr_matrix) else sp.csr_matrix(matrix)
             if not csr.has_canonical_format:
                 csr = csr.copy()
                 csr.sum_duplicates()
