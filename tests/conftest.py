@@ -108,11 +108,14 @@ def write_matrix(path: Path, x: np.ndarray) -> None:
         out.set_data2d("row,col#x", x)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    """tests/chains/basic copied to a fresh folder, with two input datasets under storage/inputs."""
-    root = tmp_path / "project"
+def make_project(root: Path) -> Project:
+    """tests/chains/basic copied to ``root``, with two input datasets under storage/inputs."""
     shutil.copytree(SCENARIOS / "basic", root)
     for i, name in enumerate(["a", "b"]):
         write_matrix(root / "storage" / "inputs" / name, np.arange(12.0).reshape(4, 3) * (i + 1))
     return Project(root)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return make_project(tmp_path / "project")

@@ -18,8 +18,7 @@ rule step:
     log:
         "logs/{step_dir}/dataset_{k}.log",
     resources:
-        mem_mb=step_resources("mem_mb", 1000),
-        runtime=step_resources("runtime", 30),
+        **step_resources(),
     script:
         "../../scripts/run_step.py"
 

@@ -45,8 +45,18 @@ def step_spec(wildcards):
     return canonical_json(job_of(wildcards).spec)
 
 
-def step_resources(name, default):
-    return lambda wildcards: job_of(wildcards).spec["resources"].get(name, default)
+def step_resources():
+    """Resources that some planned operation declares (mem_mb, runtime, cpus_per_task, ...): its
+    value for its jobs, the --default-resources value (a plain number) for the others. Resources no
+    operation declares are left to --default-resources alone."""
+    defaults = workflow.resource_settings.default_resources
+    fallback = {name: r.value for name, r in defaults.items() if not r.is_evaluable()} if defaults else {}
+    declared = {name for step in PLAN.steps.values() for name in step.operation.operation.resources}
+
+    def resource(name):
+        return lambda wildcards: job_of(wildcards).spec["resources"].get(name, fallback.get(name))
+
+    return {name: resource(name) for name in sorted(declared)}
 
 
 def chain_of(wildcards):

@@ -1,0 +1,76 @@
+"""The example chain on a real one-node SLURM cluster on localhost, against a local run.
+
+The cluster (munged, slurmctld, slurmd from Debian's slurm-wlm) is started by the fixture and
+stopped afterwards; jobs go through snakemake-executor-plugin-slurm with profiles/slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Project, make_project
+from slurm_cluster import SlurmCluster, ensure_installed, start_cluster
+
+pytestmark = pytest.mark.slurm
+
+#: Files of a result that depend only on the data (metadata.yaml records times and host).
+VOLATILE = {"metadata.yaml", "input_metadata.yaml", ".snakemake_timestamp"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    ensure_installed()
+    with start_cluster(tmp_path_factory.mktemp("slurm")) as running:
+        yield running
+
+
+def result_files(project: Project) -> dict[str, bytes]:
+    """Every data file of every result, keyed by (run, step, dataset, file) rather than by the
+    timestamped names, which differ between two projects."""
+    found = {}
+    for run in project.manifest()["runs"]:
+        for i, step in enumerate(run["steps"]):
+            for path in sorted((project.storage / step["dir"]).rglob("dataset_*/**/*")):
+                if path.is_file() and path.name not in VOLATILE:
+                    dataset = path.relative_to(project.storage / step["dir"])
+                    found[f"run{run['run']}/step{i}/{dataset}"] = path.read_bytes()
+    return found
+
+
+def test_chain_runs_through_slurm_byte_identical_to_local(tmp_path: Path,
+                                                         cluster: SlurmCluster) -> None:
+    local = make_project(tmp_path / "local")
+    local.snakemake()
+    remote = make_project(tmp_path / "remote")
+    env = {**remote.env(), **cluster.env}
+    result = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"),
+                              "--slurm-status-command", "squeue", env=env)
+    output = result.stdout + result.stderr
+
+    # The jobs went through SLURM: the plugin logged their ids, and SLURM knows them.
+    job_ids = set(re.findall(r"SLURM jobid (\d+)", output)) | {
+        p.stem for p in remote.root.glob(".snakemake/slurm_logs/**/*.log") if p.stem.isdigit()}
+    assert job_ids, output
+    for job_id in job_ids:
+        info = cluster.job_info(job_id)
+        assert info.get("JobState") == "COMPLETED", (job_id, info)
+
+    # The directories the main process reserved are exactly the ones the jobs wrote.
+    reserved = {json.loads(p.read_text())["dir"]
+                for p in (remote.storage / ".opchain" / "steps").iterdir()}
+    written = {p.parent.relative_to(remote.storage).as_posix()
+               for p in remote.storage.glob("operation_chain_results/*/*/dataset_*")}
+    assert reserved == written
+
+    # Byte-identical arrays (and every other data file) to the local run of the same chain.
+    assert result_files(remote) == result_files(local)
+
+    # Nothing left to do afterwards, through SLURM or locally.
+    again = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"),
+                             "--slurm-status-command", "squeue", env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert "Nothing to be done" in remote.snakemake("-n").stdout
