@@ -353,9 +353,10 @@ def test_operation_resources_override_the_profile_defaults(project: Project) -> 
     project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [add_one.yaml, slow.yaml]\n")
     project.edit("config/operations/slow.yaml", "type: myops:slow\n")  # declares mem_mb 1234, runtime 7
     dry = project.snakemake("-n", "--default-resources", "mem_mb=777", "runtime=3").stdout
-    jobs = re.findall(r"output: \S+/(\S+)/dataset_\d+\n(?:.*\n)*?\s+resources: (.*)", dry)
-    by_step = {}
-    for step, resources in jobs:
-        by_step.setdefault(step, set()).add(
-            tuple(re.search(rf"{key}=(\d+)", resources).group(1) for key in ("mem_mb", "runtime")))
+    by_step: dict[str, set[tuple[str, str]]] = {}
+    for block in dry.split("\n\n"):
+        if "rule step:" in block:
+            step = re.search(r"output: \S+/([^/\s]+)/dataset_\d+", block).group(1)
+            mem, runtime = (re.search(rf"\b{key}=(\d+)", block).group(1) for key in ("mem_mb", "runtime"))
+            by_step.setdefault(step, set()).add((mem, runtime))
     assert sorted(by_step.values()) == [{("1234", "7")}, {("777", "3")}]
