@@ -359,6 +359,12 @@ def test_items_round_trip(store: str, tmp_path: Path) -> None:
         assert same_item(reader.get_item(name), expected), name
 
 
+def test_items_come_back_as_fresh_copies(store: str, tmp_path: Path) -> None:
+    reader = write(store, dataset_path(store, tmp_path), lambda w: w.set_item("d", {"k": [1]}))
+    reader.get_item("d")["k"].append(2)
+    assert reader.get_item("d") == {"k": [1]}
+
+
 def test_create_dense_in_rows_writes_into_the_mapped_file(store: str, tmp_path: Path) -> None:
     rows, cols = 1000, 300
     path = dataset_path(store, tmp_path)
@@ -1139,6 +1145,12 @@ def test_corrupt_unknown_sparse_index_dtype(good: Path) -> None:
     )
     message = corrupt_error(good, lambda r: r.get_data2d("cell,gene#sparse"))
     assert f"unknown dtype: float32 for indices_dtype in the sidecar: {sidecar}" in message
+
+
+def test_corrupt_sidecar_of_another_major_version(good: Path) -> None:
+    (good / "cell#score.yaml").write_text("dtype: float32\nshape: [3]\nversion: [2, 1]\n")
+    message = corrupt_error(good, lambda r: r.get_data1d("cell#score"))
+    assert f"unsupported daf format version: 2.1 in: {good / 'cell#score.yaml'}" in message
 
 
 def test_corrupt_malformed_sidecar_yaml(good: Path) -> None:

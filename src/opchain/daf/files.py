@@ -606,9 +606,7 @@ class FilesWriter(FilesReader, Writer):
             file = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed below
             array.attach(file)
         try:
-            yield array
-            if isinstance(array, np.memmap):
-                array.flush()
+            yield array  # no msync: like every other write, the data is in the page cache
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -340,10 +340,7 @@ class H5Writer(H5Reader, Writer):
             raise DafError(f"can't create the dataset: {final} ({error})") from None
         self._target = target
         self._finalizer = weakref.finalize(self, _discard, self._file, target if atomic else None)
-        header = self._file.create_dataset(
-            "__daf__", data=np.array([1, 0], dtype="int8"), track_times=False
-        )
-        del header
+        self._file.create_dataset("__daf__", data=np.array([1, 0], dtype="int8"), track_times=False)
         self._start(self._file)
 
     def _commit(self) -> None:
@@ -399,9 +396,7 @@ class H5Writer(H5Reader, Writer):
             file = open(self._target, "r+b", buffering=0)  # noqa: SIM115 - closed below
             array.attach(file, offset)
         try:
-            yield array
-            if isinstance(array, np.memmap):
-                array.flush()
+            yield array  # no msync: like every other write, the data is in the page cache
         except BaseException:
             del self._group[name]
             raise
