@@ -41,36 +41,39 @@ def result_files(project: Project) -> dict[str, bytes]:
     return found
 
 
-def test_chain_runs_through_slurm_byte_identical_to_local(tmp_path: Path,
-                                                         cluster: SlurmCluster) -> None:
+def test_chain_runs_through_slurm_byte_identical_to_local(
+    tmp_path: Path, cluster: SlurmCluster
+) -> None:
     local = make_project(tmp_path / "local")
     local.snakemake()
     remote = make_project(tmp_path / "remote")
     env = {**remote.env(), **cluster.env}
-    result = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"),
-                              "--slurm-status-command", "squeue", env=env)
+    result = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
     output = result.stdout + result.stderr
 
     # The jobs went through SLURM: the plugin logged their ids, and SLURM knows them.
     job_ids = set(re.findall(r"SLURM jobid (\d+)", output)) | {
-        p.stem for p in remote.root.glob(".snakemake/slurm_logs/**/*.log") if p.stem.isdigit()}
+        p.stem for p in remote.root.glob(".snakemake/slurm_logs/**/*.log") if p.stem.isdigit()
+    }
     assert job_ids, output
     for job_id in job_ids:
         info = cluster.job_info(job_id)
         assert info.get("JobState") == "COMPLETED", (job_id, info)
 
     # The directories the main process reserved are exactly the ones the jobs wrote.
-    reserved = {json.loads(p.read_text())["dir"]
-                for p in (remote.storage / ".opchain" / "steps").iterdir()}
-    written = {p.parent.relative_to(remote.storage).as_posix()
-               for p in remote.storage.glob("operation_chain_results/*/*/dataset_*")}
+    reserved = {
+        json.loads(p.read_text())["dir"] for p in (remote.storage / ".opchain" / "steps").iterdir()
+    }
+    written = {
+        p.parent.relative_to(remote.storage).as_posix()
+        for p in remote.storage.glob("operation_chain_results/*/*/dataset_*")
+    }
     assert reserved == written
 
     # Byte-identical arrays (and every other data file) to the local run of the same chain.
     assert result_files(remote) == result_files(local)
 
     # Nothing left to do afterwards, through SLURM or locally.
-    again = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"),
-                             "--slurm-status-command", "squeue", env=env)
+    again = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert "Nothing to be done" in remote.snakemake("-n").stdout
