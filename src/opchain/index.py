@@ -47,6 +47,8 @@ class Reservation:
 class Index:
     storage: Path
     pending: list[Reservation] = field(default_factory=list)
+    # Where the suffix search of each (parent, second) stopped: keeps proposing linear.
+    _next_suffix: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -67,15 +69,13 @@ class Index:
     def propose(self, kind: str, key: str, parent: str, entry: dict[str, Any]) -> str:
         """A new directory name under ``parent`` for ``key``, reserved only by :meth:`commit`."""
         base = timestamp_name()
-        taken = {r.dir for r in self.pending}
-        name, suffix = base, 0
-        while (
-            f"{parent}/{name}" in taken
-            or self._claimed(f"{parent}/{name}")
-            or (self.storage / parent / name).exists()
-        ):
+        suffix = self._next_suffix.get((parent, base), 0)
+        while True:
+            name = f"{base}_{suffix}" if suffix else base
+            if not (self._claimed(f"{parent}/{name}") or (self.storage / parent / name).exists()):
+                break
             suffix += 1
-            name = f"{base}_{suffix}"
+        self._next_suffix[(parent, base)] = suffix + 1
         relative = f"{parent}/{name}"
         self.pending.append(Reservation(kind, key, relative, {**entry, "dir": relative}))
         return relative
@@ -94,6 +94,7 @@ class Index:
                 f"{reservation.kind[:-1]} {reservation.key}",
             )
         self.pending.clear()
+        self._next_suffix.clear()
 
     def _claimed(self, relative: str) -> bool:
         return (self.root / "names" / relative.replace("/", "%")).exists()
@@ -119,8 +120,10 @@ class Index:
             meta = yaml.safe_load(metadata.read_text(encoding="utf-8")) or {}
             step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
             steps[meta["fingerprint"]] = step_dir
-            self._write(self.root / "steps" / meta["fingerprint"],
-                        {"dir": step_dir, "components": meta["components"]})
+            self._write(
+                self.root / "steps" / meta["fingerprint"],
+                {"dir": step_dir, "components": meta["components"]},
+            )
             self._write(self.root / "names" / step_dir.replace("/", "%"), None)
         for manifest in self.storage.glob("operation_chain_results/*/chain.yaml"):
             chain_dir = manifest.parent.relative_to(self.storage).as_posix()

@@ -53,8 +53,25 @@ class YamlDoc:
         return SpecError(f"{place}: {key + ': ' if key else ''}{message}")
 
 
+# libyaml's composer where available: planning parses every operation file of every chain.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SCALARS = yaml.SafeLoader("")  # one constructor for every scalar node
+_PARSED: dict[tuple[Path, int, int], YamlDoc] = {}  # chains share operation files: parse once
+
+
 def load_yaml(path: Path) -> YamlDoc:
     """Parse a YAML file into plain data, recording the 1-based line of every mapping key."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _PARSED:
+        _PARSED[key] = _parse(path)
+    return _PARSED[key]
+
+
+def _parse(path: Path) -> YamlDoc:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -62,7 +79,7 @@ def load_yaml(path: Path) -> YamlDoc:
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: cannot read: {error}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_COMPOSER)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -70,6 +87,7 @@ def load_yaml(path: Path) -> YamlDoc:
         raise SpecError(f"{where}: malformed YAML: {problem}") from None
     lines: dict[KeyPath, int] = {(): 1}
     data = _construct(node, (), lines) if node is not None else None
+    _SCALARS.constructed_objects.clear()  # it remembers every node it built; drop them
     return YamlDoc(path, data, lines)
 
 
@@ -77,7 +95,7 @@ def _construct(node: yaml.Node, where: KeyPath, lines: dict[KeyPath, int]) -> An
     if isinstance(node, yaml.MappingNode):
         result = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader(" ").construct_object(key_node)
+            key = _SCALARS.construct_object(key_node)
             lines[(*where, key)] = key_node.start_mark.line + 1
             result[key] = _construct(value_node, (*where, key), lines)
         return result
@@ -87,7 +105,7 @@ def _construct(node: yaml.Node, where: KeyPath, lines: dict[KeyPath, int]) -> An
             lines[(*where, i)] = item.start_mark.line + 1
             items.append(_construct(item, (*where, i), lines))
         return items
-    return yaml.SafeLoader(" ").construct_object(node)
+    return _SCALARS.construct_object(node)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ rule chain_manifest:
         f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
     params:
         manifest=lambda wildcards: canonical_json(chain_of(wildcards).manifest()),
+    log:
+        "logs/{chain}/chain_manifest.log",
     localrule: True
-    run:
-        from opchain.run import write_manifest
-
-        write_manifest(output[0], params.manifest)
+    script:
+        "../../scripts/write_chain.py"

@@ -50,7 +50,11 @@ def step_resources():
     value for its jobs, the --default-resources value (a plain number) for the others. Resources no
     operation declares are left to --default-resources alone."""
     defaults = workflow.resource_settings.default_resources
-    fallback = {name: r.value for name, r in defaults.items() if not r.is_evaluable()} if defaults else {}
+    # Sized resources must be numbers for every job: without a --default-resources value, the jobs
+    # of other operations get Snakemake's own floor for memory and disk, and an hour.
+    fallback = {"mem_mb": 1000, "disk_mb": 1000, "runtime": 60}
+    if defaults:
+        fallback |= {name: r.value for name, r in defaults.items() if not r.is_evaluable()}
     declared = {name for step in PLAN.steps.values() for name in step.operation.operation.resources}
 
     def resource(name):
