@@ -108,6 +108,14 @@ def _encode_item(value: Any, what: str) -> Any:
 
 
 def _decode_strings(raw: np.ndarray, what: str) -> np.ndarray:
+    if raw.dtype.kind == "S":
+        try:
+            values = raw.astype("U").astype(object)  # the common, ASCII case at numpy speed
+        except UnicodeDecodeError:
+            pass
+        else:
+            values[raw == NONE_BYTES] = None
+            return values
     values = np.empty(raw.shape, dtype=object)
     flat = values.reshape(-1)
     for index, value in enumerate(raw.reshape(-1)):
@@ -124,16 +132,16 @@ def _decode_strings(raw: np.ndarray, what: str) -> np.ndarray:
 
 
 def _encode_strings(values: np.ndarray, what: str) -> np.ndarray:
-    encoded = []
-    for value in values.reshape(-1):
-        if value is None:
-            encoded.append(NONE_BYTES)
-        elif value == "\x01":
-            raise DafError(f"the string '\\x01' is reserved for None in the HDF5 store: {what}")
-        else:
-            encoded.append(value.encode("utf-8"))
-    width = max((len(value) for value in encoded), default=1) or 1
-    return np.array(encoded, dtype=h5py.string_dtype("utf-8", width)).reshape(values.shape)
+    flat = values.reshape(-1).tolist()
+    if "\x01" in flat:
+        raise DafError(f"the string '\\x01' is reserved for None in the HDF5 store: {what}")
+    if None not in flat and "".join(flat).isascii():  # the common case at numpy speed
+        encoded = np.array(flat, dtype="S") if flat else np.empty(0, dtype="S1")
+    else:
+        as_bytes = [NONE_BYTES if value is None else value.encode("utf-8") for value in flat]
+        encoded = np.array(as_bytes, dtype="S") if as_bytes else np.empty(0, dtype="S1")
+    width = encoded.dtype.itemsize
+    return encoded.astype(h5py.string_dtype("utf-8", width)).reshape(values.shape)
 
 
 class H5Reader(Reader):
