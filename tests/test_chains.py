@@ -21,6 +21,7 @@ from conftest import REPO, Project
 
 from opchain.daf import open_reader
 from opchain.datastore import DataStore
+from opchain.results import load_result
 
 NAME = re.compile(r"^\d{4}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}_\d{1,2}(_\d+)?$")
 
@@ -340,6 +341,9 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
     moved = project.root / "moved_storage"
     project.storage.rename(moved)
     assert DataStore.load(urls, moved)["noise"].shape == (4, 3)
+    result = load_result(moved / jitter.relative_to(project.storage) / "dataset_1")
+    assert result.storage == moved.resolve() and result.metadata["operation"] == "jitter"
+    assert result.datastore.noise.shape == (4, 3) and result.data.axis_size("row") == 4
     # Deleting a result takes its datastore with it: nothing of it is kept elsewhere.
     shutil.rmtree(moved / jitter.relative_to(project.storage) / "dataset_1")
     assert not [

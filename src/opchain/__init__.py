@@ -2,6 +2,7 @@
 
 from opchain.errors import DafError, OpchainError, PlanError, SpecError
 from opchain.operations import Context, operation
+from opchain.results import Result, load_result
 
 __version__ = "0.1.0"
 __all__ = [
@@ -9,7 +10,9 @@ __all__ = [
     "DafError",
     "OpchainError",
     "PlanError",
+    "Result",
     "SpecError",
     "__version__",
+    "load_result",
     "operation",
 ]

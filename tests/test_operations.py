@@ -1,0 +1,145 @@
+"""The built-in operations, called directly on small daf datasets, against plain numpy."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from opchain.daf import FilesWriter, open_reader
+from opchain.datastore import DataStore
+from opchain.errors import OpchainError, SpecError
+from opchain.operations import Context, get_operation
+
+RNG = np.random.default_rng(7)
+X = RNG.poisson(3.0, size=(40, 6)).astype(np.float32)
+OUTPUTS = itertools.count()
+LABELS = np.array(["a", "b"] * 20, dtype=object)
+
+
+def dataset(path: Path, matrix: object = X) -> Path:
+    with FilesWriter(path) as out:
+        out.set_item("organism", "test")
+        out.create_axis("cell", np.array([f"c{i}" for i in range(40)], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(6)], dtype=object))
+        out.set_data1d("cell#type", LABELS)
+        out.set_data2d("cell,gene#X", matrix)
+    return path
+
+
+def apply(
+    name: str, source: Path, params: dict, seed: int | None = None, out: str | None = None
+) -> tuple[object, Context]:
+    """Run a registered operation as a job would (defaults filled in) and reopen its output."""
+    op = get_operation(name)
+    output = source.parent / (out or f"{name}_{next(OUTPUTS)}")
+    writer = FilesWriter(output)
+    ctx = Context(
+        output=writer,
+        datastore=DataStore(),
+        log=logging.getLogger("test"),
+        seed=seed,
+        rng=np.random.default_rng(seed) if op.random else None,
+    )
+    op.function(open_reader(source), {**op.defaults, **params}, ctx)
+    writer.close()
+    return open_reader(output), ctx
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_normalize_scales_rows_to_the_target_sum(tmp_path: Path, sparse: bool) -> None:
+    source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse else X)
+    out, _ = apply("normalize", source, {"matrix": "cell,gene#X", "target_sum": 100})
+    result = out.get_data2d("cell,gene#X")
+    dense = result.toarray() if sparse else np.asarray(result)
+    sums = X.sum(axis=1)
+    np.testing.assert_allclose(dense.sum(axis=1), np.where(sums > 0, 100, 0), rtol=1e-5)
+    assert out.get_item("organism") == "test" and list(out.get_data1d("cell#type")) == list(LABELS)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_log1p(tmp_path: Path, sparse: bool) -> None:
+    source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse else X)
+    out, _ = apply("log1p", source, {"matrix": "cell,gene#X"})
+    result = out.get_data2d("cell,gene#X")
+    assert sp.issparse(result) == sparse
+    np.testing.assert_allclose(result.toarray() if sparse else result, np.log1p(X), rtol=1e-6)
+
+
+def test_standardize_columns_and_rows(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    out, _ = apply("standardize", source, {"matrix": "cell,gene#X", "axis": "gene"})
+    z = np.asarray(out.get_data2d("cell,gene#X"), dtype=np.float64)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-5)
+    out, _ = apply("standardize", source, {"matrix": "cell,gene#X", "axis": "cell"})
+    np.testing.assert_allclose(np.asarray(out.get_data2d("cell,gene#X")).mean(axis=1), 0, atol=1e-5)
+    with pytest.raises(OpchainError, match="'batch' is not an axis"):
+        apply("standardize", source, {"matrix": "cell,gene#X", "axis": "batch"})
+
+
+def test_pca_matches_the_svd_projection(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    out, ctx = apply("pca", source, {"matrix": "cell,gene#X", "components": 3})
+    projected = np.asarray(out.get_data2d("cell,pc#pca"), dtype=np.float64)
+    centered = X.astype(np.float64) - X.mean(axis=0)
+    u, s, _ = np.linalg.svd(centered, full_matrices=False)
+    expected = u[:, :3] * s[:3]
+    np.testing.assert_allclose(np.abs(projected), np.abs(expected), rtol=1e-4, atol=1e-4)
+    assert list(out.axis_entries("pc")) == ["pc_1", "pc_2", "pc_3"]
+    assert 0 < ctx.results["explained_variance_ratio"] <= 1
+    with pytest.raises(OpchainError, match="components 7 exceeds the 6 columns"):
+        apply("pca", source, {"matrix": "cell,gene#X", "components": 7})
+
+
+def test_subsample_is_random_per_seed_and_reproducible(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    first, ctx = apply("subsample", source, {"matrix": "cell,gene#X", "fraction": 0.25}, seed=1)
+    again, _ = apply("subsample", source, {"matrix": "cell,gene#X", "fraction": 0.25}, seed=1)
+    other, _ = apply("subsample", source, {"matrix": "cell,gene#X", "fraction": 0.25}, seed=2)
+    kept = [int(name[1:]) for name in first.axis_entries("cell")]
+    assert len(kept) == 10 == ctx.results["rows_kept"] and kept == sorted(kept)
+    assert list(again.axis_entries("cell")) == list(first.axis_entries("cell"))
+    assert list(other.axis_entries("cell")) != list(first.axis_entries("cell"))
+    np.testing.assert_array_equal(first.get_data2d("cell,gene#X"), X[kept])
+    assert list(first.get_data1d("cell#type")) == list(LABELS[kept])
+
+
+def test_split_marks_the_test_fraction(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    out, _ = apply("split", source, {"axis": "cell", "test_fraction": 0.25}, seed=0)
+    is_test = np.asarray(out.get_data1d("cell#is_test"))
+    assert is_test.dtype == bool and is_test.sum() == 10
+    np.testing.assert_array_equal(out.get_data2d("cell,gene#X"), X)  # data carried over
+
+
+def test_nearest_centroid_scores_separable_classes_perfectly(tmp_path: Path) -> None:
+    separable = np.where((np.arange(40) % 2 == 0)[:, None], 0.0, 10.0) + X / 100
+    source = dataset(tmp_path / "in", separable.astype(np.float32))
+    apply("split", source, {"axis": "cell", "test_fraction": 0.5}, seed=3, out="split")
+    out, ctx = apply(
+        "nearest_centroid", tmp_path / "split", {"matrix": "cell,gene#X", "labels": "cell#type"}
+    )
+    assert ctx.results["accuracy"] == 1.0
+    assert ctx.datastore["scores"]["accuracy"] == 1.0 and ctx.datastore["centroids"].shape == (2, 6)
+    assert list(out.get_data1d("cell#predicted")) == list(LABELS)
+
+
+def test_kmeans_finds_separated_clusters(tmp_path: Path) -> None:
+    blobs = np.where((np.arange(40) < 20)[:, None], 0.0, 50.0) + X / 10
+    source = dataset(tmp_path / "in", blobs.astype(np.float32))
+    out, ctx = apply("kmeans", source, {"matrix": "cell,gene#X", "clusters": 2}, seed=0)
+    cluster = np.asarray(out.get_data1d("cell#cluster"))
+    assert len(set(cluster[:20])) == 1 and len(set(cluster[20:])) == 1 and cluster[0] != cluster[-1]
+    assert ctx.results["inertia"] == ctx.datastore["scores"]["inertia"] > 0
+
+
+def test_unknown_and_undecorated_operations_are_refused() -> None:
+    with pytest.raises(SpecError, match="unknown operation 'nope'"):
+        get_operation("nope")
+    with pytest.raises(SpecError, match="is not an operation"):
+        get_operation("os.path:join")
