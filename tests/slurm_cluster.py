@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -60,9 +61,23 @@ _DAEMONS = ("munged", "slurmctld", "slurmd")
 _CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel", "srun")
 # Client commands that get a wrapper in <root>/bin (see _write_wrappers).
 _WRAPPED = (
-    "sacct", "sacctmgr", "salloc", "sattach", "sbatch", "sbcast", "scancel",
-    "scontrol", "sdiag", "sinfo", "sprio", "squeue", "sreport", "srun",
-    "sshare", "sstat", "strigger",
+    "sacct",
+    "sacctmgr",
+    "salloc",
+    "sattach",
+    "sbatch",
+    "sbcast",
+    "scancel",
+    "scontrol",
+    "sdiag",
+    "sinfo",
+    "sprio",
+    "squeue",
+    "sreport",
+    "srun",
+    "sshare",
+    "sstat",
+    "strigger",
 )
 # Environment variable put into the daemons' environment (and inherited by the
 # slurmstepd processes slurmd forks) so stop() can find every process this
@@ -116,6 +131,15 @@ def ensure_installed(packages: Sequence[str] = ("slurm-wlm", "munge")) -> None:
     """
     if is_installed():
         return
+    # several test processes (pytest-xdist) may get here at once: apt allows
+    # only one dpkg run at a time, so serialise on a lock file
+    with open(os.path.join(tempfile.gettempdir(), "opchain-slurm-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_installed():
+            _apt_install(packages)
+
+
+def _apt_install(packages: Sequence[str]) -> None:
     apt = shutil.which("apt-get")
     if apt is None:
         raise SlurmClusterError(
@@ -123,15 +147,15 @@ def ensure_installed(packages: Sequence[str] = ("slurm-wlm", "munge")) -> None:
             "install SLURM (slurm-wlm) and munge by hand"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = [apt, "install", "-y", "-q", "--no-install-recommends", *packages]
-    if os.geteuid() != 0:
-        cmd = ["sudo", "-n", "-E", *cmd]
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n", "-E"]
+    # slurm-wlm's Depends bring slurmctld, slurmd, slurm-client, munge and
+    # slurm-wlm-basic-plugins (every plugin the test config uses); its
+    # Recommends are large and not needed.
+    cmd = [*sudo, apt, "install", "-y", "-q", "--no-install-recommends", *packages]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
-        update = [apt, "update", "-q"]
-        if os.geteuid() != 0:
-            update = ["sudo", "-n", "-E", *update]
-        subprocess.run(update, env=env, capture_output=True, text=True)
+        # fresh machine: empty or stale package lists
+        subprocess.run([*sudo, apt, "update", "-q"], env=env, capture_output=True, text=True)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0 or not is_installed():
         raise SlurmClusterError(
@@ -168,9 +192,7 @@ def _hardware(slurmd: str) -> dict[str, int]:
     """CPU topology and memory (MB) as slurmd sees them (``slurmd -C``)."""
     hw: dict[str, int] = {}
     try:
-        out = subprocess.run(
-            [slurmd, "-C"], capture_output=True, text=True, timeout=30
-        ).stdout
+        out = subprocess.run([slurmd, "-C"], capture_output=True, text=True, timeout=30).stdout
         first = out.splitlines()[0] if out else ""
         for key, val in re.findall(r"(\w+)=(\d+)", first):
             hw[key] = int(val)
@@ -242,7 +264,7 @@ def _marker_value(pid: int) -> str | None:
         with open(f"/proc/{pid}/environ", "rb") as f:
             for item in f.read().split(b"\0"):
                 if item.startswith(prefix):
-                    return item[len(prefix):].decode(errors="replace")
+                    return item[len(prefix) :].decode(errors="replace")
     except OSError:
         pass
     return None
@@ -310,14 +332,20 @@ def _alive(pid: int) -> bool:
 class SlurmCluster:
     """A one-node SLURM cluster (munged + slurmctld + slurmd) on this host.
 
-    Attributes useful to tests:
-      env          environment variables for client commands / snakemake
-                   (SLURM_CONF, ...); use ``{**os.environ, **cluster.env}``.
+    Attributes useful to tests (after start()):
+      env          variables for client commands and snakemake: SLURM_CONF
+                   and PATH (with wrappers that pin SLURM_CONF first); use
+                   ``env={**os.environ, **cluster.env}``.
       conf_path    the generated slurm.conf
-      partition    name of the (default) partition, "debug"
-      node         node name (this host's short hostname)
+      partition    the (default) partition, "debug"
+      node         NodeName: the short hostname (or "localnode" if that is
+                   over 40 characters)
       cpus, real_memory_mb   what the node offers to jobs
-      root         private directory with conf, logs, state
+      root         private dir under workdir: slurm.conf, cgroup.conf,
+                   bin/ (wrappers), log/, state/ (and run/ unless that path
+                   would be too long for unix sockets: then rundir is a
+                   short dir under /tmp, removed by stop())
+      start_seconds, stop_seconds   how long start()/stop() took
     """
 
     def __init__(
@@ -340,9 +368,7 @@ class SlurmCluster:
         self.hostname = _short_hostname()
         # NodeName need not be the hostname (slurmd is started with -N), but
         # it is part of per-step unix socket names, which must stay short.
-        self.node = node_name or (
-            self.hostname if len(self.hostname) <= 40 else "localnode"
-        )
+        self.node = node_name or (self.hostname if len(self.hostname) <= 40 else "localnode")
         self.root: Path | None = None
         self.conf_path: Path | None = None
         self.env: dict[str, str] = {}
@@ -368,9 +394,7 @@ class SlurmCluster:
         t0 = time.monotonic()
         for name in _DAEMONS + _CLIENTS:
             if not _find(name):
-                raise SlurmClusterError(
-                    f"{name} not found; call ensure_installed() first"
-                )
+                raise SlurmClusterError(f"{name} not found; call ensure_installed() first")
         _reap_orphans()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="slurm-", dir=self.workdir))
@@ -382,10 +406,13 @@ class SlurmCluster:
             self._start_munged()
             self._start_slurm()
             self._wait_node_idle()
-        except BaseException:
+        except Exception as exc:
             diag = self.diagnostics()
             self.stop()
-            raise SlurmClusterError(f"SLURM test cluster failed to start\n{diag}")
+            raise SlurmClusterError(f"SLURM test cluster failed to start: {exc}\n{diag}") from exc
+        except BaseException:  # KeyboardInterrupt etc.: clean up, re-raise
+            self.stop()
+            raise
         self.start_seconds = time.monotonic() - t0
         return self
 
@@ -464,8 +491,7 @@ class SlurmCluster:
                 return info
             time.sleep(0.3)
         raise SlurmClusterError(
-            f"job {job_id} not finished after {timeout}s: {info}\n"
-            + self.diagnostics()
+            f"job {job_id} not finished after {timeout}s: {info}\n" + self.diagnostics()
         )
 
     def diagnostics(self, lines: int = 40) -> str:
@@ -522,8 +548,8 @@ class SlurmCluster:
         self.rundir = rundir
         spool = rundir / "spool"
         munge_dir = rundir / "munge"
-        for d in (spool, munge_dir):
-            d.mkdir(mode=0o755)
+        for sub in (spool, munge_dir):
+            sub.mkdir(mode=0o755)
         self._munge_dir = munge_dir
         self._munge_socket = munge_dir / "munge.socket"
         ctld_port, slurmd_port = _free_ports(2)
@@ -638,7 +664,6 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         assert self.root is not None
-        out = open(self.root / "log" / f"{name}.stdout", "ab")
         # Safety net for a test run that is killed (SIGKILL/SIGTERM skip
         # __exit__ and atexit): the kernel sends the daemon SIGTERM when the
         # thread that started it dies. Only from the main thread, since the
@@ -648,7 +673,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             if threading.current_thread() is threading.main_thread()
             else None
         )
-        try:
+        with open(self.root / "log" / f"{name}.stdout", "ab") as out:
             proc = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
@@ -661,8 +686,6 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                 start_new_session=True,
                 preexec_fn=preexec,
             )
-        finally:
-            out.close()
         self._procs[name] = proc
         return proc
 
@@ -693,7 +716,9 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             ],
         )
         self._wait_for(
-            lambda: self._munge_socket.exists(), 15, "munged socket to appear",
+            lambda: self._munge_socket.exists(),
+            15,
+            "munged socket to appear",
             "munged",
         )
 
@@ -705,9 +730,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         # hostname resolves.
         self._spawn("slurmctld", [ctld, "-D", "-c", "-i", "-f", str(self.conf_path)])
         self._wait_for(self._ctld_responds, 30, "slurmctld to answer", "slurmctld")
-        self._spawn(
-            "slurmd", [slurmd, "-D", "-N", self.node, "-f", str(self.conf_path)]
-        )
+        self._spawn("slurmd", [slurmd, "-D", "-N", self.node, "-f", str(self.conf_path)])
 
     def _ctld_responds(self) -> bool:
         res = self.run(["scontrol", "ping"], check=False, timeout=15)
@@ -731,8 +754,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             proc = self._procs.get(proc_name)
             if proc is not None and proc.poll() is not None:
                 raise SlurmClusterError(
-                    f"{proc_name} exited with rc={proc.returncode} while waiting "
-                    f"for {what}"
+                    f"{proc_name} exited with rc={proc.returncode} while waiting for {what}"
                 )
             if cond():
                 return
@@ -809,8 +831,7 @@ def _main(argv: Sequence[str]) -> int:
             print(f"output: {out.read_text().strip()!r}")
             ok = info.get("JobState") == "COMPLETED"
         print(
-            f"cluster stopped in {cluster.stop_seconds:.1f}s "
-            f"(total {time.monotonic() - t0:.1f}s)"
+            f"cluster stopped in {cluster.stop_seconds:.1f}s (total {time.monotonic() - t0:.1f}s)"
         )
     return 0 if ok else 1
 
