@@ -10,20 +10,25 @@ Usage from a pytest fixture (or anywhere)::
                        env={**os.environ, **cluster.env}, check=True)
 
 Everything the cluster needs lives in a private directory under ``workdir``
-(slurm.conf, munge key + socket, state/spool/log/pid dirs, free TCP ports), so
-it neither needs nor touches /etc/slurm, the system munged or systemd, and
-several clusters can run side by side. The daemons (munged, slurmctld, slurmd)
-run in the foreground as children of this process and are stopped by pid,
-together with any slurmstepd/job processes they spawned (found through a
-marker variable in the daemons' environment), never by name.
+(slurm.conf, cgroup.conf, a fresh munge key, state/log dirs, free TCP ports;
+the unix-socket dirs move to a short dir under /tmp when ``workdir`` is too
+long for socket paths). It neither needs nor touches /etc/slurm, /etc/munge,
+the system munged or systemd, and several clusters can run side by side.
+The daemons (munged, slurmctld, slurmd) run in the foreground as children of
+this process. They are stopped by pid, together with any slurmstepd/job
+processes they spawned (found through a marker variable in the daemons'
+environment), never by name.
 
-Design choices that make it work in containers/VMs without systemd or cgroups:
+Made to work in containers/VMs without systemd or cgroups:
 ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none``,
-``JobAcctGatherType=jobacct_gather/none`` and no accounting storage, so no
-cgroup plugin is ever loaded (slurm 22.05 only loads one for cgroup-based
-proctrack/task/jobacct plugins). Without accounting ``sacct`` cannot report
-jobs, so clients must use ``squeue`` for job status; ``MinJobAge`` is long
-(600 s) so finished jobs stay visible to ``squeue`` / ``scontrol show job``.
+``JobAcctGatherType=jobacct_gather/none`` and no accounting storage; slurmd
+22.05 still initialises a cgroup plugin, so cgroup.conf names cgroup/v1, whose
+init works even with no cgroup filesystem. Without accounting ``sacct``
+cannot report jobs, so clients must use ``squeue`` for job status.
+``MinJobAge`` is long (600 s), so finished jobs stay visible to ``squeue`` /
+``scontrol show job``. ``cluster.env`` puts wrappers for the client commands
+first on PATH, so that even a job whose environment lost SLURM_CONF (as the
+snakemake slurm-jobstep plugin does) reaches this cluster.
 
 Run ``python tests/slurm_cluster.py`` for a smoke test.
 """
