@@ -17,7 +17,6 @@ from opchain.daf import FilesWriter
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).resolve().parent / "chains"
-FIXTURE = REPO.parent / "shared" / "fixtures" / "daf-example"
 
 
 @dataclass

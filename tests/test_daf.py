@@ -34,7 +34,8 @@ from opchain.daf import (
 )
 from opchain.errors import DafError
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "daf-example"
+# The daf example as the repo ships it (an unchanged copy of shared/fixtures/daf-example).
+FIXTURE = Path(__file__).resolve().parents[1] / "storage" / "example_data" / "cells" / "daf_example"
 STORES = ["files", "h5"]
 SPARSE_DTYPES = [name for name in DTYPES if name != "float16"]  # scipy.sparse has no float16
 TRICKY_STRINGS = [
