@@ -354,13 +354,19 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
 
 
 def test_operation_resources_override_the_profile_defaults(project: Project) -> None:
-    project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [add_one.yaml, slow.yaml]\n")
-    project.edit("config/operations/slow.yaml", "type: myops:slow\n")  # declares mem_mb 1234, runtime 7
+    project.edit(
+        "config/chains/basic.yaml", "input_path: inputs\noperations: [add_one.yaml, slow.yaml]\n"
+    )
+    project.edit(
+        "config/operations/slow.yaml", "type: myops:slow\n"
+    )  # declares mem_mb 1234, runtime 7
     dry = project.snakemake("-n", "--default-resources", "mem_mb=777", "runtime=3").stdout
     by_step: dict[str, set[tuple[str, str]]] = {}
     for block in dry.split("\n\n"):
         if "rule step:" in block:
             step = re.search(r"output: \S+/([^/\s]+)/dataset_\d+", block).group(1)
-            mem, runtime = (re.search(rf"\b{key}=(\d+)", block).group(1) for key in ("mem_mb", "runtime"))
+            mem, runtime = (
+                re.search(rf"\b{key}=(\d+)", block).group(1) for key in ("mem_mb", "runtime")
+            )
             by_step.setdefault(step, set()).add((mem, runtime))
     assert sorted(map(sorted, by_step.values())) == [[("1234", "7")], [("777", "3")]]

@@ -16,14 +16,18 @@ def test_names_have_the_seed_form_without_zero_padding() -> None:
     assert timestamp_name(stamp) == "2009_7_22_11_35_2"
 
 
-def test_names_taken_in_the_same_second_get_suffixes(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_names_taken_in_the_same_second_get_suffixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("opchain.index.timestamp_name", lambda: "2026_11_23_6_5_2")
     (tmp_path / "operation_results" / "2026_11_23_6_5_2_1").mkdir(parents=True)  # already on disk
     index = Index(tmp_path)
     names = [index.propose("steps", f"fp{i}", "operation_results", {}) for i in range(3)]
-    assert names == ["operation_results/2026_11_23_6_5_2", "operation_results/2026_11_23_6_5_2_2",
-                     "operation_results/2026_11_23_6_5_2_3"]
+    assert names == [
+        "operation_results/2026_11_23_6_5_2",
+        "operation_results/2026_11_23_6_5_2_2",
+        "operation_results/2026_11_23_6_5_2_3",
+    ]
 
 
 def test_a_claimed_name_is_never_handed_out_again(tmp_path: Path) -> None:

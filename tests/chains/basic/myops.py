@@ -29,8 +29,11 @@ def jitter(data, params, ctx):
     ctx.datastore["noise"] = noise
 
 
-@operation("slow", parameters={"seconds": {"type": "number", "default": 30}},
-           resources={"mem_mb": 1234, "runtime": 7})
+@operation(
+    "slow",
+    parameters={"seconds": {"type": "number", "default": 30}},
+    resources={"mem_mb": 1234, "runtime": 7},
+)
 def slow(data, params, ctx):
     copy_axes(data, ctx.output)
     ctx.output.set_data2d("row,col#x", np.asarray(data.get_data2d("row,col#x")))
