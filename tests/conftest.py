@@ -34,52 +34,26 @@ class Project:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
         return env
 
+    def snakemake_command(self, *args: str) -> list[str]:
+        """The repo's Snakefile run in this project, as `snakemake` in a project folder would."""
+        return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                "-d", str(self.root), "--cores", "2", *args]  # fmt: skip
+
     def snakemake(
-        self,
-        *args: str,
-        check: bool = True,
-        env: dict[str, str] | None = None,
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run the repo's Snakefile in this project, as `snakemake` in a project folder would."""
-        command = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(self.root),
-            "--cores",
-            "2",
-            *args,
-        ]
-        result = subprocess.run(
-            command,
-            cwd=self.root,
-            env=env or self.env(),
-            text=True,
-            capture_output=True,
-            timeout=600,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-            )
-        return result
+        return self._run(self.snakemake_command(*args), check, env)
 
     def opchain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "opchain", *args],
-            cwd=self.root,
-            env=self.env(),
-            text=True,
-            capture_output=True,
-            timeout=600,
-        )
+        return self._run([sys.executable, "-m", "opchain", *args], check, None)
+
+    def _run(
+        self, command: list[str], check: bool, env: dict[str, str] | None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(command, cwd=self.root, env=env or self.env(), text=True,
+                                capture_output=True, timeout=600)  # fmt: skip
         if check and result.returncode != 0:
-            raise AssertionError(
-                f"opchain {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-            )
+            raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
     def edit(self, relative: str, text: str) -> None:

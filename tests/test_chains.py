@@ -11,13 +11,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
-from conftest import REPO, Project
+from conftest import Project
 
 from opchain.daf import open_reader
 from opchain.datastore import DataStore
@@ -236,19 +235,8 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
         "input_path: inputs\nruns: 1\noperations:\n  - add_one.yaml\n  - slow.yaml\n",
     )
     project.edit("config/operations/slow.yaml", "type: myops:slow\nparameters: {seconds: 60}\n")
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(project.root),
-        "--cores",
-        "2",
-    ]
     process = subprocess.Popen(
-        command,
+        project.snakemake_command(),
         cwd=project.root,
         env=project.env(),
         start_new_session=True,
