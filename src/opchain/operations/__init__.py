@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import jsonschema
 import numpy as np
 
 from opchain.errors import SpecError
@@ -53,7 +52,9 @@ class Operation:
     resources: dict[str, int]  # cluster resources (mem_mb, runtime, cpus_per_task) it asks for
 
     @cached_property
-    def validator(self) -> jsonschema.protocols.Validator:
+    def validator(self) -> Any:  # a jsonschema validator
+        import jsonschema  # planning needs it, jobs do not: keep it out of every job's start-up
+
         schema = {
             "type": "object",
             "properties": self.parameters,
