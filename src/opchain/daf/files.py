@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import yaml
 
 from opchain.daf.interface import (
@@ -95,6 +94,7 @@ from opchain.daf.mapping import (
     INDEX_DTYPES,
     RowsMemmap,
     frozen,
+    is_sparse,
     make_csr,
     map_file,
     write_array,
@@ -556,7 +556,7 @@ class FilesWriter(FilesReader, Writer):
     def _set_data2d(self, rows: str, columns: str, prop: str, matrix: Matrix) -> None:
         stem = f"{rows},{columns}#{prop}"
         shape = [int(size) for size in matrix.shape]
-        if sp.issparse(matrix):
+        if is_sparse(matrix):
             dtypes = {}
             for suffix in SPARSE_SUFFIXES:
                 array = getattr(matrix, suffix)

@@ -40,7 +40,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 import yaml
 
 from opchain.daf.interface import (
@@ -62,6 +61,7 @@ from opchain.daf.mapping import (
     INDEX_DTYPES,
     RowsMemmap,
     frozen,
+    is_sparse,
     make_csr,
     map_region,
     write_array,
@@ -378,7 +378,7 @@ class H5Writer(H5Reader, Writer):
 
     def _set_data2d(self, rows: str, columns: str, prop: str, matrix: Matrix) -> None:
         name = f"{rows},{columns}#{prop}"
-        if sp.issparse(matrix):
+        if is_sparse(matrix):
             group = self._group.create_group(name)
             group.attrs["shape"] = np.array(matrix.shape, dtype="int64")
             for part in ("data", "indices", "indptr"):

@@ -44,13 +44,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, cast
 
 import numpy as np
-import scipy.sparse as sp
 import yaml
 
-from opchain.daf.mapping import DTYPES
+from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import DafError
 
 __all__ = [
@@ -76,7 +75,10 @@ RESERVED_ITEMS: frozenset[str] = frozenset({"__daf__", "metadata", "input_metada
 #: Longest name, in UTF-8 bytes, so that ``<name>.indices`` still fits a 255-byte file name.
 MAX_NAME_BYTES = 247
 
-Matrix = np.ndarray | sp.spmatrix | sp.sparray
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+Matrix: TypeAlias = "np.ndarray | sp.spmatrix | sp.sparray"
 
 
 # Names ------------------------------------------------------------------------------------------
@@ -503,9 +505,9 @@ class Reader(ABC):
                     entry: dict[str, Any] = {
                         "dtype": _dtype_name(matrix),
                         "shape": [int(size) for size in matrix.shape],
-                        "layout": "sparse" if sp.issparse(matrix) else "dense",
+                        "layout": "sparse" if is_sparse(matrix) else "dense",
                     }
-                    if sp.issparse(matrix):
+                    if is_sparse(matrix):
                         entry["nnz"] = int(matrix.nnz)
                     data2d[name] = entry
         return {
@@ -636,7 +638,7 @@ class Writer(Reader):
         if self.has_data1d(name):
             raise DafError(f"existing 1D data: {name} in the dataset: {self.path}")
         what = f"the 1D data: {name} in the dataset: {self.path}"
-        if sp.issparse(vector):
+        if is_sparse(vector):
             raise DafError(f"sparse 1D data is not supported: {what}")
         array = _as_array(vector)
         if array.ndim != 1:
@@ -657,12 +659,12 @@ class Writer(Reader):
         rows, cols, prop = self._check_new_data2d(name)
         what = f"the 2D data: {name} in the dataset: {self.path}"
         shape = (self.axis_size(rows), self.axis_size(cols))
-        if sp.issparse(matrix):
+        if is_sparse(matrix):
             if matrix.ndim != 2:
                 raise DafError(f"expected a 2D matrix: {what}")
             as_dtype(matrix.dtype, what)
             # keep a csr_matrix as is: scipy caches whether it is canonical (else an O(nnz) scan)
-            csr = matrix if isinstance(matrix, sp.csr_matrix) else sp.csr_matrix(matrix)
+            csr = matrix if isinstance(matrix, sparse().csr_matrix) else sparse().csr_matrix(matrix)
             if not csr.has_canonical_format:
                 csr = csr.copy()
                 csr.sum_duplicates()

@@ -8,13 +8,16 @@ dtype and shape live elsewhere (a YAML sidecar in the files store, the HDF5 data
 from __future__ import annotations
 
 import os
+import sys
 from math import prod
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import scipy.sparse as sp
 
 from opchain.errors import DafError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = [
     "BLOCK_BYTES",
@@ -25,6 +28,7 @@ __all__ = [
     "make_csr",
     "map_file",
     "map_region",
+    "sparse",
     "write_array",
 ]
 
@@ -50,6 +54,19 @@ INDEX_DTYPES: tuple[str, ...] = tuple(name for name in DTYPES if name.startswith
 #: Arrays are written in blocks of at most this many bytes, so that writing a non-contiguous or
 #: byte-swapped array never needs a full in-memory copy.
 BLOCK_BYTES = 64 << 20
+
+
+def sparse() -> Any:
+    """``scipy.sparse``, imported on first use: a job on dense data never pays its ~130 ms import."""
+    import scipy.sparse
+
+    return scipy.sparse
+
+
+def is_sparse(value: Any) -> bool:
+    """``scipy.sparse.issparse``, without importing scipy (if nobody did, nothing is sparse)."""
+    module = sys.modules.get("scipy.sparse")
+    return module is not None and module.issparse(value)
 
 
 def frozen(array: np.ndarray) -> np.ndarray:
@@ -174,8 +191,8 @@ def make_csr(
     if data.dtype == np.float16:
         raise DafError(f"scipy.sparse does not support float16 data: {what}")
     if indices.dtype.name not in ("int32", "int64") or indptr.dtype != indices.dtype:
-        return sp.csr_matrix((data, indices, indptr), shape=shape)
-    matrix = sp.csr_matrix(
+        return sparse().csr_matrix((data, indices, indptr), shape=shape)
+    matrix = sparse().csr_matrix(
         (np.empty(0, data.dtype), np.empty(0, indices.dtype), np.zeros(1, indices.dtype)),
         shape=(0, shape[1]),
     )

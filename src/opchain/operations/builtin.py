@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from opchain.daf.mapping import is_sparse, sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 
@@ -59,7 +59,7 @@ def row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
 
 def dense_rows(matrix: Any, rows: slice) -> np.ndarray:
     block = matrix[rows]
-    return block.toarray() if sp.issparse(block) else np.asarray(block)
+    return block.toarray() if is_sparse(block) else np.asarray(block)
 
 
 def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,8 @@ def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     name, target = params["matrix"], params["target_sum"]
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
-    if sp.issparse(matrix):
+    if is_sparse(matrix):
+        sp = sparse()
         sums = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
         factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
         scaled = sp.diags(factors) @ matrix
@@ -129,8 +130,8 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
     name = params["matrix"]
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
-    if sp.issparse(matrix):
-        result = sp.csr_matrix(
+    if is_sparse(matrix):
+        result = sparse().csr_matrix(
             (np.log1p(matrix.data, dtype=np.float32), matrix.indices, matrix.indptr),
             shape=matrix.shape,
         )
@@ -249,8 +250,8 @@ def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
     assert ctx.rng is not None
     take = np.sort(ctx.rng.choice(n_rows, size=round(n_rows * params["fraction"]), replace=False))
     carry(data, ctx.output, rows=rows_axis, take=take)
-    if sp.issparse(matrix):
-        ctx.output.set_data2d(name, sp.csr_matrix(matrix[take]))
+    if is_sparse(matrix):
+        ctx.output.set_data2d(name, sparse().csr_matrix(matrix[take]))
     else:
         ctx.output.set_data2d(name, np.asarray(matrix[take]))
     ctx.results["rows_kept"] = len(take)
