@@ -401,7 +401,7 @@ def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
     print(
         "per step = (run - dry run of the same workflow) / steps: a job's marginal cost without "
         "parsing and DAG building;\n--omit-from chain_manifest leaves out the chain's "
-        "chain_manifest job (a run: job: Snakemake spawns a whole snakemake process for it)"
+        "chain_manifest job (one script: job writing chain.yaml)"
     )
 
 
