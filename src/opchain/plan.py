@@ -125,11 +125,6 @@ class Plan:
     def reserve(self) -> None:
         self.index.commit()
 
-    @property
-    def new_steps(self) -> list[Step]:
-        reserved = {r.key for r in self.index.pending}
-        return [step for step in self.steps.values() if step.fingerprint in reserved]
-
     def add_chain(self, chain: ChainSpec) -> ChainPlan:
         datasets = find_datasets(self.storage, chain.input_path, chain.path)
         chain_dir = self._directory("chains", chain.name, CHAINS_DIR, {})
