@@ -467,7 +467,7 @@ entries = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
     min_size=1,
     max_size=6,
-)
+).filter(lambda text: text != "\x01")  # the HDF5 store reserves it for None (tested on its own)
 
 
 @st.composite

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 import yaml
 
 from opchain import __version__
-from opchain.daf import FilesWriter, H5Writer, open_reader
+from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError
 from opchain.operations import Context, get_operation
@@ -40,13 +41,11 @@ H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 
 def versions() -> dict[str, str]:
     """What a result records of the software that made it."""
-    import snakemake
-
     return {
         "opchain": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "snakemake": snakemake.__version__,
+        "snakemake": installed_version("snakemake"),  # no import: jobs start faster
     }
 
 
@@ -139,6 +138,8 @@ def _compute(
     """Call the operation into ``temporary``; return its scores and its datastore's final URLs."""
     data = open_reader(storage / spec["input"])
     if spec["format"] == "h5":
+        from opchain.daf import H5Writer
+
         writer = H5Writer(temporary / H5_FILE, atomic=False)
     else:
         writer = FilesWriter(temporary, overwrite=True, atomic=False)

@@ -8,7 +8,6 @@ Both share the :class:`Reader` / :class:`Writer` interface of :mod:`opchain.daf.
 """
 
 from opchain.daf.files import FilesReader, FilesWriter
-from opchain.daf.h5 import H5Reader, H5Writer
 from opchain.daf.interface import (
     DTYPES,
     RESERVED_ITEMS,
@@ -32,3 +31,12 @@ __all__ = [
     "split_data1d_name",
     "split_data2d_name",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The HDF5 store on first use: importing h5py costs every job start-up, most never need it."""
+    if name in ("H5Reader", "H5Writer"):
+        from opchain.daf import h5
+
+        return getattr(h5, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
