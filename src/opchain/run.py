@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,13 @@ H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 
 def versions() -> dict[str, str]:
     """What a result records of the software that made it."""
+    import snakemake  # free in a job: Snakemake's script wrapper has imported it already
+
     return {
         "opchain": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "snakemake": installed_version("snakemake"),  # no import: jobs start faster
+        "snakemake": snakemake.__version__,
     }
 
 

@@ -766,18 +766,17 @@ def open_reader(path: str | os.PathLike[str]) -> Reader:
     A directory holding ``__daf__.yaml`` is a files dataset; a ``.h5``/``.hdf5`` file, or a
     directory that holds no ``__daf__.yaml`` but a ``data.h5`` file, is an HDF5 dataset.
     """
-    from opchain.daf.files import FilesReader
-    from opchain.daf.h5 import H5Reader
+    from opchain import daf  # the stores import this module; h5py loads only for HDF5 data
 
     where = Path(path)
     if where.is_dir():
         if (where / "__daf__.yaml").is_file():
-            return FilesReader(where)
+            return daf.FilesReader(where)
         if (where / "data.h5").is_file():
-            return H5Reader(where / "data.h5")
+            return daf.H5Reader(where / "data.h5")
         raise DafError(f"not a daf dataset (no __daf__.yaml nor data.h5): {where}")
     if where.is_file() and where.suffix in (".h5", ".hdf5"):
-        return H5Reader(where)
+        return daf.H5Reader(where)
     if not where.exists():
         raise DafError(f"missing daf dataset: {where}")
     raise DafError(f"not a daf dataset (neither a directory nor a .h5/.hdf5 file): {where}")
