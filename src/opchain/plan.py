@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ class Job:
     output: str  # <step dir>/dataset_<k>, relative to the storage root
     input: str  # the dataset it reads, relative to the storage root
     spec: dict[str, Any]  # everything the job needs; reaches it as canonical JSON
+
+    @cached_property
+    def spec_json(self) -> str:
+        """The spec as Snakemake's params (asked for more than once per job while planning)."""
+        return canonical_json(self.spec)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def step_input(wildcards):
 
 
 def step_spec(wildcards):
-    return canonical_json(job_of(wildcards).spec)
+    return job_of(wildcards).spec_json
 
 
 def step_resources():
