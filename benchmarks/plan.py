@@ -91,12 +91,12 @@ OPS = {ops}
 
 def previous(wildcards):
     i = int(wildcards.i)
-    return "in.txt" if i == 0 else f"out/{{wildcards.chain}}/{{wildcards.run}}/{{i - 1}}.txt"
+    return "in{suffix}" if i == 0 else f"out/{{wildcards.chain}}/{{wildcards.run}}/{{i - 1}}{suffix}"
 
 
 rule all:
     input:
-        [f"out/{{c}}/{{r}}/{{i}}.txt" for c in CHAINS for r in RUNS for i in range(OPS)],
+        [f"out/{{c}}/{{r}}/{{i}}{suffix}" for c in CHAINS for r in RUNS for i in range(OPS)],
     default_target: True
 
 
@@ -104,7 +104,7 @@ rule step:
     input:
         previous,
     output:
-        "out/{{chain}}/{{run}}/{{i}}.txt",
+        "out/{{chain}}/{{run}}/{{i}}{suffix}",
     script:
         "step.py"
 """
@@ -112,6 +112,14 @@ rule step:
 PLAIN_SCRIPT = """\
 with open(snakemake.input[0]) as source, open(snakemake.output[0], "w") as out:  # noqa: F821
     out.write(source.read())
+"""
+
+# The same work as the opchain step without opchain: read the array, write it (numpy's import
+# included, as in any job that touches array data).
+PLAIN_NUMPY_SCRIPT = """\
+import numpy as np
+
+np.save(snakemake.output[0], np.load(snakemake.input[0]))  # noqa: F821
 """
 
 
@@ -143,17 +151,27 @@ def write_opchain_project(root: Path, chains: int, ops: int, runs: int) -> None:
         out.set_data2d("row,col#x", np.arange(4.0).reshape(2, 2))
 
 
-def write_plain_project(root: Path, chains: int, ops: int, runs: int) -> None:
+def write_plain_project(root: Path, chains: int, ops: int, runs: int, numpy: bool = False) -> None:
+    """The hand-written peer; ``numpy``: its jobs copy an .npy array instead of a text file."""
     root.mkdir(parents=True)
+    suffix = ".npy" if numpy else ".txt"
     (root / "Snakefile").write_text(
-        PLAIN_SNAKEFILE.format(chains=chains, runs=runs, ops=ops), encoding="utf-8"
+        PLAIN_SNAKEFILE.format(chains=chains, runs=runs, ops=ops, suffix=suffix), encoding="utf-8"
     )
-    (root / "step.py").write_text(PLAIN_SCRIPT, encoding="utf-8")
-    (root / "in.txt").write_text("0 1\n2 3\n", encoding="utf-8")
+    (root / "step.py").write_text(PLAIN_NUMPY_SCRIPT if numpy else PLAIN_SCRIPT, encoding="utf-8")
+    if numpy:
+        np.save(root / "in.npy", np.arange(4.0).reshape(2, 2))
+    else:
+        (root / "in.txt").write_text("0 1\n2 3\n", encoding="utf-8")
 
 
 def env_for(project: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPCHAIN_STORAGE"}
+    # Bytecode caches as on any machine: without them every job would recompile opchain's source.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPCHAIN_STORAGE", "PYTHONDONTWRITEBYTECODE")
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project), env.get("PYTHONPATH")]))
     return env
 
@@ -330,9 +348,10 @@ def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
         f"\nExecution: one chain of {steps} sequential steps of a trivial operation, "
         f"snakemake --cores {cores}; seconds, best of {repeat} interleaved rounds"
     )
-    ours, plain = tmp / "exec-opchain", tmp / "exec-plain"
+    ours, plain, plain_np = tmp / "exec-opchain", tmp / "exec-plain", tmp / "exec-plain-numpy"
     write_opchain_project(ours, 1, steps, 1)
     write_plain_project(plain, 1, steps, 1)
+    write_plain_project(plain_np, 1, steps, 1, numpy=True)
     ours_snakefile, plain_snakefile = REPO / "Snakefile", plain / "Snakefile"
 
     def clean_run(project: Path, snakefile: Path, results: str, *args: str) -> tuple[float, str]:
@@ -361,10 +380,12 @@ def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
                 "chain_manifest",
             ),
             "plain": lambda: clean_run(plain, plain_snakefile, "out"),
+            "plain numpy dry": lambda: snakemake(plain_np / "Snakefile", plain_np, cores, "-n"),
+            "plain numpy": lambda: clean_run(plain_np, plain_np / "Snakefile", "out"),
             "limit": limit_once,
         },
     )
-    for name in ("opchain", "opchain steps", "plain"):
+    for name in ("opchain", "opchain steps", "plain", "plain numpy"):
         if job_count(found[name][1], "step") != steps:
             raise SystemExit(
                 f"{name} ran {job_count(found[name][1], 'step')} step jobs, not {steps}"
@@ -373,29 +394,34 @@ def execution(steps: int, repeat: int, cores: int, tmp: Path) -> None:
         "opchain": found["opchain dry"][0],
         "opchain steps": found["opchain dry"][0],
         "plain": found["plain dry"][0],
+        "plain numpy": found["plain numpy dry"][0],
     }
-    plain_step = (found["plain"][0] - dry["plain"]) / steps
+
+    def per_step(name: str) -> float:
+        return (found[name][0] - dry[name]) / steps
+
     header = (
-        f"{'':<36} {'run s':>7} {'dry-run s':>9} {'per step ms':>11} {'run ratio':>9} "
-        f"{'per-step ratio':>14}"
+        f"{'':<44} {'run s':>7} {'dry-run s':>9} {'per step ms':>11} {'run ratio':>9} "
+        f"{'per-step ratio':>14} {'vs numpy peer':>13}"
     )
     print(header)
     print("-" * len(header))
     rows = [
         ("opchain (steps + chain.yaml)", "opchain"),
         ("opchain --omit-from chain_manifest", "opchain steps"),
-        ("plain Snakemake (script:)", "plain"),
+        ("plain Snakemake (script:, text copy)", "plain"),
+        ("plain Snakemake (script:, numpy load/save)", "plain numpy"),
     ]
     for label, name in rows:
         total = found[name][0]
-        per_step = (total - dry[name]) / steps
         print(
-            f"{label:<36} {total:>7.2f} {dry[name]:>9.2f} {1000 * per_step:>11.0f} "
-            f"{total / found['plain'][0]:>8.2f}x {per_step / plain_step:>13.2f}x"
+            f"{label:<44} {total:>7.2f} {dry[name]:>9.2f} {1000 * per_step(name):>11.0f} "
+            f"{total / found['plain'][0]:>8.2f}x {per_step(name) / per_step('plain'):>13.2f}x "
+            f"{per_step(name) / per_step('plain numpy'):>12.2f}x"
         )
     limit = found["limit"][0]
     print(
-        f"{'limit: ' + str(steps) + ' x python -c pass':<36} {limit:>7.2f} {'':>9} "
+        f"{'limit: ' + str(steps) + ' x python -c pass':<44} {limit:>7.2f} {'':>9} "
         f"{1000 * limit / steps:>11.0f}"
     )
     print(

@@ -90,6 +90,17 @@ def test_bad_spec_is_refused_with_file_key_and_line(
     assert expected in fails_cleanly(project, "-n")
 
 
+def test_parameters_too_large_for_a_command_line_are_refused(project: Project) -> None:
+    """A job's parameters travel on its command line; a value too large for it is a spec error."""
+    huge = "row,col#" + "x" * 40_000
+    project.edit(
+        "config/operations/add_one.yaml", f"type: log1p\nparameters: {{matrix: '{huge}'}}\n"
+    )
+    line = fails_cleanly(project)
+    assert line.startswith("opchain: config/operations/add_one.yaml:2: parameters: "), line[:200]
+    assert "take 40022 bytes as JSON, more than the 32768" in line
+
+
 def test_refused_run_leaves_earlier_results_untouched(project: Project) -> None:
     project.snakemake()
     project.edit("config/operations/jitter.yaml", "type: myops:jitter\nparameters: {scale: -}\n")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -38,15 +36,13 @@ __all__ = ["main", "run_job", "versions", "write_atomic", "write_manifest"]
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 
 
-def versions() -> dict[str, str]:
+def versions(snakemake_version: str) -> dict[str, str]:
     """What a result records of the software that made it."""
-    import snakemake  # free in a job: Snakemake's script wrapper has imported it already
-
     return {
         "opchain": __version__,
-        "python": platform.python_version(),
+        "python": sys.version.split()[0],  # = platform.python_version(), without its import
         "numpy": np.__version__,
-        "snakemake": snakemake.__version__,
+        "snakemake": snakemake_version,
     }
 
 
@@ -77,7 +73,7 @@ def dump_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def run_job(spec: dict[str, Any], storage: Path) -> Path:
+def run_job(spec: dict[str, Any], storage: Path, snakemake_version: str) -> Path:
     """Run the job ``spec`` (a plan Job's spec) and return its result directory."""
     output = storage / spec["output"]
     operation = get_operation(spec["type"])
@@ -108,8 +104,8 @@ def run_job(spec: dict[str, Any], storage: Path) -> Path:
                 "results": results,
                 "datastore": urls,
                 "components": spec["components"],
-                "versions": versions(),
-                "host": socket.gethostname(),
+                "versions": versions(snakemake_version),
+                "host": os.uname().nodename,  # = socket.gethostname(), without its import
                 "started": started,
                 "finished": now(),
             }
@@ -223,17 +219,23 @@ def write_manifest(path: str, manifest_json: str) -> None:
     write_atomic(Path(path), dump_yaml(json.loads(manifest_json)))
 
 
-def main(smk: Any) -> None:
-    """Entry point of scripts/run_step.py: run the job Snakemake hands over, log to its log file."""
-    spec = json.loads(smk.params.spec)
-    output = Path(smk.output[0])
-    storage = output.parents[len(Path(spec["output"]).parts) - 1]
-    handler = logging.FileHandler(smk.log[0], encoding="utf-8")
+def main(argv: list[str]) -> None:
+    """``python -m opchain.run OUTPUT LOG SNAKEMAKE_VERSION SPEC_JSON``, rule step's command: run
+    one job of the plan, logging to LOG. A plain process, not a ``script:`` job: not importing
+    Snakemake saves each step as much start-up time as numpy costs it."""
+    output, log, snakemake_version, spec_json = argv
+    spec = json.loads(spec_json)
+    storage = Path(output).parents[len(Path(spec["output"]).parts) - 1]
+    handler = logging.FileHandler(log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("opchain").addHandler(handler)
     try:
-        run_job(spec, storage)
+        run_job(spec, storage, snakemake_version)
     except OpchainError as error:  # a user error: one line in the log and on stderr, no traceback
         message = f"opchain: {spec['output']}: {error}"
         logging.getLogger("opchain").error(message)
         sys.exit(message)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

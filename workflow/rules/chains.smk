@@ -1,4 +1,12 @@
 # The two rules every chain compiles to. Paths come from the plan; see common.smk.
+import shlex
+import sys
+
+from snakemake import __version__ as SNAKEMAKE_VERSION
+
+# A step is a plain `python -m opchain.run` process, with this process's interpreter (the one that
+# has opchain), and records the Snakemake that ran it.
+RUN_STEP = f"{shlex.quote(sys.executable)} -m opchain.run {{output:q}} {{log:q}} {SNAKEMAKE_VERSION}"
 
 
 wildcard_constraints:
@@ -19,8 +27,8 @@ rule step:
         "logs/{step_dir}/dataset_{k}.log",
     resources:
         **step_resources(),
-    script:
-        "../../scripts/run_step.py"
+    shell:
+        RUN_STEP + " {params.spec:q}"
 
 
 rule chain_manifest:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import secrets
 import shutil
 import weakref
 from abc import ABC, abstractmethod
@@ -299,7 +298,7 @@ def _kind_of(array: np.ndarray, what: str) -> str:
 
 def aside_path(final: Path, tag: str = "tmp") -> Path:
     """A hidden sibling of ``final``: ``.<name>.<tag>-<8 random hex digits>``."""
-    return final.parent / f".{final.name}.{tag}-{secrets.token_hex(4)}"
+    return final.parent / f".{final.name}.{tag}-{os.urandom(4).hex()}"
 
 
 def _remove(path: Path) -> None:

@@ -10,9 +10,7 @@ User operations are named ``module:function`` in a spec; the function must be de
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +68,9 @@ class Operation:
     @cached_property
     def code_hash(self) -> str:
         """Changes when the operation's source or declared version changes: it reruns its steps."""
+        import hashlib  # planning needs these, jobs do not: keep them out of every job's start-up
+        import inspect
+
         source = inspect.getsource(self.function)
         return hashlib.sha256(f"{self.version}\n{source}".encode()).hexdigest()[:16]
 
