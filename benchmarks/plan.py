@@ -31,16 +31,18 @@ startup floor of any ``snakemake`` command: ``python -m snakemake --version`` (i
 and importing Snakemake's CLI), best of 3.
 
 Part 2, execution. A 1-chain x ``--exec-steps`` (100) operations x 1-run opchain chain of the
-trivial operation (100 sequential ``step`` jobs, each a ``script:`` job that imports opchain, reads
-a daf dataset and writes one atomically with its metadata; plus the chain's ``chain_manifest``
-job, a ``run:`` job) against a plain Snakefile of 100 sequential ``script:`` jobs, each a trivial
-Python script copying a small text file (``script:`` is the closest analogue of opchain's rule
-``step``: Snakemake starts a fresh Python interpreter per job for both). opchain also runs with
-``--omit-from chain_manifest`` (the step jobs only), to separate the per-chain manifest job from
-the per-step cost. "limit" is 100 sequential starts of a bare Python interpreter
-(``python -c pass``), the least 100 ``script:`` jobs can cost. "per step" is the marginal cost of
-a job: (run time - dry-run time of the same workflow) / steps, which leaves out parsing, planning
-and DAG building; every run starts from a clean project (results, logs and .snakemake removed).
+trivial operation (100 sequential ``step`` jobs, each a ``python -m opchain.run`` shell command
+that imports opchain, reads a daf dataset and writes one atomically with its metadata; plus the
+chain's ``chain_manifest`` job, a ``script:`` job) against two plain Snakefiles of 100 sequential
+``script:`` jobs (Snakemake starts a fresh Python interpreter per job for both sides): one whose
+script copies a small text file and imports nothing, the strictest peer, and one whose script
+copies the same 2x2 array with ``np.load``/``np.save``, the same work without opchain. opchain also
+runs with ``--omit-from chain_manifest`` (the step jobs only), to separate the per-chain manifest
+job from the per-step cost. "limit" is 100 sequential starts of a bare Python interpreter
+(``python -c pass``), the least 100 jobs can cost. "per step" is the marginal cost of a job: (run
+time - dry-run time of the same workflow) / steps, which leaves out parsing, planning and DAG
+building; every run starts from a clean project (results, logs and .snakemake removed).
+Subprocesses run without ``PYTHONDONTWRITEBYTECODE``, so bytecode caches work as on any machine.
 
 Every number is wall-clock seconds, the best of ``--repeat`` rounds in which the variants are
 interleaved, so a load change on the machine hits both sides (sizes up to 1,000 steps: at least 2
