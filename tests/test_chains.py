@@ -7,17 +7,21 @@ add(1) -> jitter (random) -> add(10, overridden from 2), runs: 2.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import snakemake
 import yaml
 from conftest import Project
 
+import opchain
 from opchain.daf import open_reader
 from opchain.datastore import DataStore
 from opchain.results import load_result
@@ -90,7 +94,13 @@ def test_fresh_run_writes_the_seed_layout_with_metadata(project: Project) -> Non
                 "finished",
                 "host",
             } <= set(meta)
-            assert set(meta["versions"]) == {"opchain", "python", "numpy", "snakemake"}
+            assert meta["versions"] == {
+                "opchain": opchain.__version__,
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "snakemake": snakemake.__version__,
+            }
+            assert meta["host"] == socket.gethostname()
             assert (step / dataset / "input_metadata.yaml").is_file()
     # The values: a + 1 + noise(seed = run) + 10, the noise kept in the datastore by URL.
     for run in manifest["runs"]:
