@@ -223,6 +223,8 @@ def main(argv: list[str]) -> None:
     """``python -m opchain.run OUTPUT LOG SNAKEMAKE_VERSION SPEC_JSON``, rule step's command: run
     one job of the plan, logging to LOG. A plain process, not a ``script:`` job: not importing
     Snakemake saves each step as much start-up time as numpy costs it."""
+    if len(argv) != 4:
+        sys.exit("usage: python -m opchain.run OUTPUT LOG SNAKEMAKE_VERSION SPEC_JSON")
     output, log, snakemake_version, spec_json = argv
     spec = json.loads(spec_json)
     storage = Path(output).parents[len(Path(spec["output"]).parts) - 1]
