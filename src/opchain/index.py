@@ -115,11 +115,13 @@ class Index:
     def rebuild(self) -> int:
         """Recreate the entries from the results' metadata.yaml and the chains' chain.yaml files;
         returns how many steps were found."""
-        steps: dict[str, str] = {}
+        steps: set[str] = set()
         for metadata in self.storage.glob("operation*_results/**/dataset_*/metadata.yaml"):
             meta = yaml.safe_load(metadata.read_text(encoding="utf-8")) or {}
+            if meta["fingerprint"] in steps:  # every dataset of a step records the same entry
+                continue
+            steps.add(meta["fingerprint"])
             step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
-            steps[meta["fingerprint"]] = step_dir
             self._write(
                 self.root / "steps" / meta["fingerprint"],
                 {"dir": step_dir, "components": meta["components"]},
