@@ -46,18 +46,23 @@ class Project:
                 "-d", str(self.root), "--cores", "2", *args]  # fmt: skip
 
     def snakemake(
-        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        umask: int | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return self._run(self.snakemake_command(*args), check, env)
+        return self._run(self.snakemake_command(*args), check, env, umask)
 
     def opchain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self._run([sys.executable, "-m", "opchain", *args], check, None)
 
     def _run(
-        self, command: list[str], check: bool, env: dict[str, str] | None
+        self, command: list[str], check: bool, env: dict[str, str] | None, umask: int | None = None
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(command, cwd=self.root, env=env or self.env(), text=True,
-                                capture_output=True, timeout=600)  # fmt: skip
+                                capture_output=True, timeout=600,
+                                umask=-1 if umask is None else umask)  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         return result

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -349,6 +350,25 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
         for p in moved.rglob("*")
         if "datastore" in p.parts and jitter.name in p.parts and "dataset_1" in p.parts
     ]
+
+
+def test_results_index_and_logs_follow_the_users_umask(project: Project) -> None:
+    """On shared storage a group umask (002) makes everything a run writes group-writable, so a
+    co-worker can rerun a step, append to its operation.log and add index entries."""
+    project.snakemake(umask=0o002)
+    written = [p for p in project.storage.rglob("*") if "inputs" not in p.parts]
+    assert any(p.name == "operation.log" for p in written)
+    assert any(p.name == "chain.yaml" for p in written)
+    assert any(".opchain" in p.parts and p.is_file() for p in written)
+    assert any("datastore" in p.parts and p.is_file() for p in written)
+    modes = {
+        p.relative_to(project.storage).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in written
+    }
+    assert {
+        path: oct(mode)
+        for path, mode in modes.items()
+        if mode != (0o775 if (project.storage / path).is_dir() else 0o664)
+    } == {}
 
 
 def test_operation_resources_override_the_profile_defaults(project: Project) -> None:

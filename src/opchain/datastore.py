@@ -49,7 +49,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,6 +57,7 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 import yaml
 
+from opchain.atomic import write_atomic
 from opchain.errors import OpchainError
 
 __all__ = ["DataStore", "DataStoreError", "DataStoreIO", "path_to_url", "url_to_path"]
@@ -321,22 +321,6 @@ def _decode_file(path: Path, url: str, *, allow_pickle: bool) -> Any:
         raise DataStoreError(f"cannot read {url} ({type(error).__name__}: {message})") from None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write aside and rename: a crash never leaves a partial file under the final name."""
-    file_descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(file_descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _require_root(storage_root: Path) -> None:
     if not Path(storage_root).is_dir():
         raise DataStoreError(f"storage root {storage_root} is not an existing directory")
@@ -568,7 +552,7 @@ class DataStore(dict):
         urls: dict[str, str] = {}
         for key, ext, data in encoded:
             path = folder / f"{key}{ext}"
-            _write_atomic(path, data)
+            write_atomic(path, data)
             urls[key] = path_to_url(url_folder / path.name, storage_root)
         return urls
 
@@ -636,7 +620,7 @@ class DataStoreIO:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The parent may have been created through a symlink: check again before writing.
         _check_inside(path, self.storage_root, f"relative path {relative_path!r}")
-        _write_atomic(path, data)
+        write_atomic(path, data)
         return path_to_url(path, self.storage_root)
 
     def read(self, url: str, *, allow_pickle: bool = False) -> Any:

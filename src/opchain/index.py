@@ -103,7 +103,7 @@ class Index:
     def _create(path: Path, text: str, what: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             raise PlanError(
                 f"another opchain run reserved {what} at the same time; "

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +25,13 @@ import numpy as np
 import yaml
 
 from opchain import __version__
+from opchain.atomic import aside_path, write_atomic
 from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError
 from opchain.operations import Context, get_operation
 
-__all__ = ["main", "run_job", "versions", "write_atomic", "write_manifest"]
+__all__ = ["main", "run_job", "versions", "write_manifest"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 
@@ -50,25 +50,6 @@ def now() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
 
 
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a part."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(temporary, 0o666 & ~umask())  # mkstemp's 0600 would hide results from co-workers
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def dump_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
@@ -82,9 +63,9 @@ def run_job(spec: dict[str, Any], storage: Path, snakemake_version: str) -> Path
         log.info("%s %s on %s", spec["operation"], spec["parameters"], spec["input"])
         for leftover in output.parent.glob(f".{output.name}.tmp-*"):  # from a killed attempt
             shutil.rmtree(leftover, ignore_errors=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        temporary = aside_path(output)
+        temporary.mkdir()
         try:
-            os.chmod(temporary, 0o777 & ~umask())
             results, urls = _compute(operation, spec, storage, temporary, output, log)
             metadata = {
                 **{
@@ -207,7 +188,7 @@ def _step_log(output: Path, log: logging.Logger) -> Iterator[logging.Logger]:
         raise
     finally:
         log.removeHandler(handler)
-        fd = os.open(output.parent / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(output.parent / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:
             os.write(fd, "".join(lines).encode())
         finally:

@@ -75,11 +75,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from opchain.atomic import aside_path
 from opchain.daf.interface import (
     Matrix,
     Reader,
     Writer,
-    aside_path,
     check_version,
     commit,
     first_duplicate,

@@ -42,12 +42,12 @@ import h5py
 import numpy as np
 import yaml
 
+from opchain.atomic import aside_path
 from opchain.daf.interface import (
     RESERVED_ITEMS,
     Matrix,
     Reader,
     Writer,
-    aside_path,
     check_version,
     commit,
     first_duplicate,

@@ -28,7 +28,7 @@ arrays of ``str`` / ``None``. 2D data stored as ``columns,rows#property`` is fou
 is a CSC matrix). ``data2d_names`` lists matrices in the layout they are stored in.
 
 Writers write a whole dataset aside and rename it into place when :meth:`Writer.close` is called
-(see :func:`aside_path` and :func:`commit`); on an exception inside ``with Writer(...)`` the
+(see :mod:`opchain.atomic` and :func:`commit`); on an exception inside ``with Writer(...)`` the
 aside copy is removed, so a crash never leaves something that passes for a dataset.
 """
 
@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, cast
 import numpy as np
 import yaml
 
+from opchain.atomic import aside_path
 from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import DafError
 
@@ -57,7 +58,6 @@ __all__ = [
     "RESERVED_ITEMS",
     "Reader",
     "Writer",
-    "aside_path",
     "check_version",
     "commit",
     "open_reader",
@@ -294,11 +294,6 @@ def _kind_of(array: np.ndarray, what: str) -> str:
 
 
 # Atomic placement -------------------------------------------------------------------------------
-
-
-def aside_path(final: Path, tag: str = "tmp") -> Path:
-    """A hidden sibling of ``final``: ``.<name>.<tag>-<8 random hex digits>``."""
-    return final.parent / f".{final.name}.{tag}-{os.urandom(4).hex()}"
 
 
 def _remove(path: Path) -> None:
