@@ -38,13 +38,7 @@ def apply(
     op = get_operation(name)
     output = source.parent / (out or f"{name}_{next(OUTPUTS)}")
     writer = FilesWriter(output)
-    ctx = Context(
-        output=writer,
-        datastore=DataStore(),
-        log=logging.getLogger("test"),
-        seed=seed,
-        rng=np.random.default_rng(seed) if op.random else None,
-    )
+    ctx = Context(writer, DataStore(), logging.getLogger("test"), seed, op.random)
     op.function(open_reader(source), {**op.defaults, **params}, ctx)
     writer.close()
     return open_reader(output), ctx

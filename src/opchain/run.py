@@ -121,14 +121,7 @@ def _compute(
         writer = H5Writer(temporary / H5_FILE, atomic=False)
     else:
         writer = FilesWriter(temporary, overwrite=True, atomic=False)
-    seed = spec["seed"]
-    context = Context(
-        output=writer,
-        datastore=DataStore(),
-        log=log,
-        seed=seed,
-        rng=np.random.default_rng(seed) if operation.random else None,
-    )
+    context = Context(writer, DataStore(), log, spec["seed"], operation.random)
     operation.function(data, dict(spec["parameters"]), context)
     writer.close()
     # The values are written aside; their URLs name where the directory will be.

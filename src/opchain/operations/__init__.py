@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -24,16 +24,24 @@ from opchain.errors import SpecError
 __all__ = ["Context", "Operation", "get_operation", "operation", "registered_operations"]
 
 
-@dataclass
 class Context:
     """What an operation gets besides its input and parameters."""
 
-    output: Any  # a daf Writer for the result dataset
-    datastore: Any  # an opchain.datastore.DataStore: non-array results, saved beside the dataset
-    log: logging.Logger
-    seed: int | None = None  # the run index; None for deterministic operations
-    rng: np.random.Generator | None = None  # seeded from ``seed``; None for deterministic ones
-    results: dict[str, Any] = field(default_factory=dict)  # scalar scores, kept in metadata.yaml
+    def __init__(
+        self, output: Any, datastore: Any, log: logging.Logger, seed: int | None, random: bool
+    ) -> None:
+        self.output = output  # a daf Writer for the result dataset
+        self.datastore = datastore  # an opchain.datastore.DataStore, saved beside the dataset
+        self.log = log
+        self.seed = seed  # the run index (of the nearest random step, for deterministic ones)
+        self.random = random
+        self.results: dict[str, Any] = {}  # scalar scores, kept in metadata.yaml
+
+    @cached_property
+    def rng(self) -> np.random.Generator | None:
+        """A numpy Generator seeded with ``seed`` for random operations, None for deterministic
+        ones. Made on first use: importing numpy.random costs a job ~10 ms."""
+        return np.random.default_rng(self.seed) if self.random else None
 
 
 OperationFunction = Callable[[Any, dict[str, Any], Context], None]
