@@ -6,11 +6,12 @@ Usage: ``python benchmarks/plan.py [--sizes 100,1000,10000] [--repeat 1] [--exec
 Part 1, planning (``snakemake -n``). For every size, ``size / (ops * runs)`` chains of ``--ops``
 (10) operations and ``--runs`` (5) runs are generated in a fresh opchain project: one shared input
 summary holding one tiny daf dataset (2x2 float64), and one user operation, ``benchops:touch``,
-declared ``random=True`` (so the runs of a chain share no step) that copies its input. Every chain
-overrides the operation's ``tag`` parameter with its own number, so no two chains share a
-fingerprint: the DAG has exactly ``size`` jobs of rule ``step`` (one per result dataset), plus one
-``chain_manifest`` job per chain and ``all``. The ``step`` count is read back from Snakemake's
-"Job stats" table and printed.
+declared ``random=True`` (so the runs of a chain share no step) that copies its input; it draws no
+random numbers, so its jobs never make ``ctx.rng`` (an operation that does pays ~10 ms more per job
+for importing numpy.random). Every chain overrides the operation's ``tag`` parameter with its own
+number, so no two chains share a fingerprint: the DAG has exactly ``size`` jobs of rule ``step``
+(one per result dataset), plus one ``chain_manifest`` job per chain and ``all``. The ``step`` count
+is read back from Snakemake's "Job stats" table and printed.
 
 The peer is a hand-written Snakefile with the same chains: one wildcard rule
 ``step`` (``out/{chain}/{run}/{i}.txt``, its input the previous step's output, given by an input
