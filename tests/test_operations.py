@@ -137,3 +137,11 @@ def test_unknown_and_undecorated_operations_are_refused() -> None:
         get_operation("nope")
     with pytest.raises(SpecError, match="is not an operation"):
         get_operation("os.path:join")
+
+
+def test_context_rng_is_seeded_for_random_operations_only() -> None:
+    log = logging.getLogger("test")
+    ctx = Context(None, DataStore(), log, 5, True)
+    assert ctx.rng.integers(1 << 62) == np.random.default_rng(5).integers(1 << 62)
+    assert ctx.rng is ctx.rng  # one generator per job: later draws continue, never restart
+    assert Context(None, DataStore(), log, 5, False).rng is None
