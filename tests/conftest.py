@@ -50,7 +50,7 @@ class Project:
         *args: str,
         check: bool = True,
         env: dict[str, str] | None = None,
-        umask: int | None = None,
+        umask: int = -1,  # -1: the caller's, as for subprocess
     ) -> subprocess.CompletedProcess[str]:
         return self._run(self.snakemake_command(*args), check, env, umask)
 
@@ -58,11 +58,11 @@ class Project:
         return self._run([sys.executable, "-m", "opchain", *args], check, None)
 
     def _run(
-        self, command: list[str], check: bool, env: dict[str, str] | None, umask: int | None = None
+        self, command: list[str], check: bool, env: dict[str, str] | None, umask: int = -1
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(command, cwd=self.root, env=env or self.env(), text=True,
                                 capture_output=True, timeout=600,
-                                umask=-1 if umask is None else umask)  # fmt: skip
+                                umask=umask)  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         return result

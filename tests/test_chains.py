@@ -361,14 +361,12 @@ def test_results_index_and_logs_follow_the_users_umask(project: Project) -> None
     assert any(p.name == "chain.yaml" for p in written)
     assert any(".opchain" in p.parts and p.is_file() for p in written)
     assert any("datastore" in p.parts and p.is_file() for p in written)
-    modes = {
-        p.relative_to(project.storage).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in written
+    wrong = {
+        p.relative_to(project.storage).as_posix(): oct(mode)
+        for p in written
+        if (mode := stat.S_IMODE(p.stat().st_mode)) != (0o775 if p.is_dir() else 0o664)
     }
-    assert {
-        path: oct(mode)
-        for path, mode in modes.items()
-        if mode != (0o775 if (project.storage / path).is_dir() else 0o664)
-    } == {}
+    assert wrong == {}
 
 
 def test_operation_resources_override_the_profile_defaults(project: Project) -> None:
