@@ -1,5 +1,5 @@
 # opchain: operation chains compiled to Snakemake jobs. The plan (src/opchain/plan.py) decides every
-# path; the rules below are the only ones, whatever the number of chains and steps.
+# path; the rules are one per operation the chains use, plus the chains' tables.
 configfile: "config/config.yaml"
 
 

@@ -1,5 +1,5 @@
-"""Snakemake script of rule `chain_manifest`: write chain.yaml from the compiled chain."""
+"""Snakemake script of rule `chain_manifest`: chain.yaml and results.csv of one chain."""
 
-from opchain.run import write_manifest
+from opchain.run import write_chain
 
-write_manifest(snakemake.output[0], snakemake.params.manifest)  # type: ignore[name-defined]  # noqa: F821
+write_chain(snakemake.params.spec, snakemake.output.chain, snakemake.output.table, list(snakemake.input.markers))  # type: ignore[name-defined]  # noqa: F821

@@ -38,21 +38,16 @@ def step_dirs(project: Project) -> set[str]:
     }
 
 
-def planned_outputs(dry_run: str) -> set[str]:
-    """The step outputs a `snakemake -n` listing would produce (its `output:` lines)."""
-    found = set()
-    for line in dry_run.splitlines():
-        if line.strip().startswith("output:"):
-            found |= {
-                m.group(1) for m in re.finditer(r"(operation\w*_results/\S+?/dataset_\d+)", line)
-            }
-    return found
+def job_counts(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """Jobs per operation rule in a snakemake run's or dry run's job stats."""
+    stats = (result.stdout + result.stderr).partition("Job stats:")[2].partition("total")[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    return {rule: n for rule, n in counts.items() if rule not in ("all", "chain_manifest")}
 
 
 def job_count(result: subprocess.CompletedProcess[str]) -> int:
-    """How many jobs of rule `step` a snakemake run or dry run lists in its job stats."""
-    found = re.search(r"^step\s+(\d+)$", result.stdout + result.stderr, re.M)
-    return int(found.group(1)) if found else 0
+    """How many operation jobs (batches of result datasets) a snakemake run lists."""
+    return sum(job_counts(result).values())
 
 
 def x_of(dataset: Path) -> np.ndarray:
@@ -75,6 +70,7 @@ def test_fresh_run_writes_the_seed_layout_with_metadata(project: Project) -> Non
             "dataset_1",
             "dataset_2",
             "operation.log",
+            "source_operation.original.yaml",
             "source_operation.yaml",
         ]
         assert "dataset_1" in (step / "operation.log").read_text()
@@ -139,13 +135,11 @@ def test_edited_parameter_reruns_that_step_and_later_ones_only(project: Project)
     project.edit("config/operations/jitter.yaml", "type: myops:jitter\nparameters: {scale: 2.0}\n")
     dry = project.snakemake("-n")
     assert step_dirs(project) == old_dirs, "a dry run must not create directories"
-    planned = planned_outputs(dry.stdout)
     run = project.snakemake()
     manifest = project.manifest()
     # The dry run announced exactly the jobs the run then ran: jitter and the add after it, for
-    # both runs and both datasets; the names it showed were provisional (taken at planning time).
-    assert len(planned) == 8 and not {p.rsplit("/", 1)[0] for p in planned} & old_dirs
-    assert job_count(dry) == job_count(run) == 8
+    # both runs and both datasets, each a job of its operation's rule.
+    assert job_counts(dry) == job_counts(run) == {"jitter": 4, "add": 4}
     new_dirs = {s["dir"] for r in manifest["runs"] for s in r["steps"][1:]}
     assert new_dirs == step_dirs(project) - old_dirs and len(new_dirs) == 4
     for before, after in zip(old["runs"], manifest["runs"], strict=True):
@@ -167,7 +161,7 @@ def test_parameter_set_back_reruns_nothing_and_chain_points_back(project: Projec
     dirs = step_dirs(project)
     logs = {d: (project.storage / d / "operation.log").read_text() for d in dirs}
     result = project.snakemake()
-    assert job_count(result) == 0 and "rule step:" not in result.stdout + result.stderr
+    assert job_count(result) == 0
     assert step_dirs(project) == dirs
     assert {d: (project.storage / d / "operation.log").read_text() for d in dirs} == logs
     assert project.manifest()["runs"] == original["runs"]
@@ -184,7 +178,7 @@ def test_deterministic_prefix_is_computed_once_for_all_runs(project: Project) ->
     assert len({r["steps"][0]["dir"] for r in runs}) == 1
     assert len({r["steps"][1]["dir"] for r in runs}) == 1
     assert len({r["steps"][2]["dir"] for r in runs}) == 3
-    # 2 shared steps x 2 datasets + 3 runs x 2 datasets = 10 jobs of rule step
+    # 2 shared steps x 2 datasets + 3 runs x 2 datasets = 10 jobs (one dataset each, so small)
     assert job_count(result) == 10
 
 
@@ -222,6 +216,7 @@ def test_single_operation_writes_operation_results(project: Project) -> None:
         "dataset_1",
         "dataset_2",
         "operation.log",
+        "source_operation.original.yaml",
         "source_operation.yaml",
     ]
     np.testing.assert_array_equal(x_of(result / "dataset_1"), np.arange(12.0).reshape(4, 3) + 1)
@@ -287,7 +282,7 @@ def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> N
     )
     project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [grid.yaml]\n")
     result = project.snakemake()
-    assert job_count(result) == 6  # 3 settings x 2 datasets, each its own Snakemake job
+    assert job_count(result) == 6  # 3 settings x 2 datasets: a small grid, a job per dataset
     (step,) = [project.storage / s["dir"] for s in project.manifest()["runs"][0]["steps"]]
     a, b = np.arange(12.0).reshape(4, 3), np.arange(12.0).reshape(4, 3) * 2
     for k, (data, value) in enumerate([(a, 100), (a, 200), (a, 300), (b, 100), (b, 200), (b, 300)]):
@@ -296,7 +291,7 @@ def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> N
         assert yaml.safe_load((dataset / "metadata.yaml").read_text())["parameters"] == {
             "value": value
         }
-    assert len(list(project.root.glob("logs/operation_chain_results/*/*/dataset_*.log"))) == 6
+    assert len(list(project.root.glob("logs/add/*/*/batch_*.log"))) == 6
 
 
 def test_parameter_settings_list_and_hdf5_results(project: Project) -> None:
@@ -330,10 +325,17 @@ def test_datastore_lives_and_dies_with_its_result(project: Project) -> None:
         )
         for url in urls.values()
     )
-    # A rewritten step starts from an empty datastore: nothing stale survives.
+    # Results are never recomputed in place, even when Snakemake is told to force everything.
     stale = jitter / "dataset_1" / "datastore" / "stale.yaml"
     stale.write_text("old: value\n")
-    project.snakemake("--forcerun", str((jitter / "dataset_1").relative_to(project.root)))
+    before = project.tree()
+    project.snakemake("-F")
+    assert {p: t for p, t in project.tree().items() if "dataset_" in p} == {
+        p: t for p, t in before.items() if "dataset_" in p
+    }
+    # A deleted result is recomputed from an empty datastore: nothing stale survives.
+    shutil.rmtree(jitter / "dataset_1")
+    project.snakemake()
     assert not stale.exists()
     assert DataStore.load(urls, project.storage)["noise"].shape == (4, 3)
     # A moved storage root still resolves every URL (they are relative to the root).
@@ -369,20 +371,13 @@ def test_results_index_and_logs_follow_the_users_umask(project: Project) -> None
     assert wrong == {}
 
 
-def test_operation_resources_override_the_profile_defaults(project: Project) -> None:
+def test_operation_resources_are_its_rules_and_shown_on_its_jobs(project: Project) -> None:
     project.edit(
         "config/chains/basic.yaml", "input_path: inputs\noperations: [add_one.yaml, slow.yaml]\n"
     )
-    project.edit(
-        "config/operations/slow.yaml", "type: myops:slow\n"
-    )  # declares mem_mb 1234, runtime 7
+    project.edit("config/operations/slow.yaml", "type: myops:slow\n")  # mem_mb 1234, runtime 7
     dry = project.snakemake("-n", "--default-resources", "mem_mb=777", "runtime=3").stdout
-    by_step: dict[str, set[tuple[str, str]]] = {}
-    for block in dry.split("\n\n"):
-        if "rule step:" in block:
-            step = re.search(r"output: \S+/([^/\s]+)/dataset_\d+", block).group(1)
-            mem, runtime = (
-                re.search(rf"\b{key}=(\d+)", block).group(1) for key in ("mem_mb", "runtime")
-            )
-            by_step.setdefault(step, set()).add((mem, runtime))
-    assert sorted(map(sorted, by_step.values())) == [[("1234", "7")], [("777", "3")]]
+    jobs = re.findall(r"^Job \d+: (.*)$", dry, re.M)
+    assert len(jobs) == 4
+    assert all(line.endswith("mem_mb=1234, runtime=7") for line in jobs if line.startswith("slow"))
+    assert not any("mem_mb" in line for line in jobs if line.startswith("add"))

@@ -2,20 +2,23 @@
 
 Layout (one small file per entry, so concurrent writers never edit a shared file)::
 
-    .opchain/steps/<fingerprint>   JSON: {"dir": <step dir relative to storage>, "components": {...}}
-    .opchain/chains/<chain name>   JSON: {"dir": <chain dir relative to storage>}
-    .opchain/names/<dir, / as %>   empty: the claim on a directory name, never reused
+    .opchain/steps/<fingerprint>      JSON: {"dir": <step dir relative to storage>, ...}
+    .opchain/chains/<chain name>      JSON: {"dir": <chain dir>, "origin": <chain file>}
+    .opchain/names/<dir, / as %>      empty: the claim on a directory name, never reused
+    .opchain/datasets/<fingerprint>   JSON: {"path": <dataset dir>}: where a point was computed
 
-Entries are created with O_EXCL: of two planners that reserve the same fingerprint or the same name at
-once, exactly one succeeds and the other stops with a message to run again. Names are timestamps in the
-seed's form (``2026_11_23_6_5_2``), with ``_1``, ``_2`` … when taken within the same second. The index is
-derived data: ``rebuild`` recreates it from the results' ``metadata.yaml`` files.
+Entries are created all-or-nothing and exclusively (:func:`opchain.atomic.create_exclusive`), so a
+kill never leaves an empty one. Of two runs that reserve the same fingerprint at once, the second
+adopts the first's directory; of two that claim the same name, the second takes the next suffix.
+Names are timestamps in the seed's form (``2026_11_23_6_5_2``), with ``_1``, ``_2`` … when taken
+within the same second. The index is derived data: :meth:`Index.rebuild` recreates it from the
+results' ``metadata.yaml`` and ``chain.yaml`` files, whatever state the index is in.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from opchain.atomic import create_exclusive, write_atomic
 from opchain.errors import PlanError
 
 __all__ = ["Index", "Reservation", "timestamp_name"]
@@ -55,19 +59,24 @@ class Index:
         return self.storage / INDEX_DIR
 
     def lookup(self, kind: str, key: str) -> dict[str, Any] | None:
-        """The entry for a fingerprint (``steps``) or chain name (``chains``), or None."""
+        """The entry for a fingerprint (``steps``, ``datasets``) or chain name, or None."""
+        path = self.root / kind / key
         try:
-            return json.loads((self.root / kind / key).read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
             raise PlanError(
-                f"{self.root / kind / key}: corrupt index entry ({error}); "
-                "run 'opchain index --rebuild'"
+                f"{path}: corrupt index entry ({error}); run 'opchain index --rebuild'"
             ) from None
 
     def propose(self, kind: str, key: str, parent: str, entry: dict[str, Any]) -> str:
         """A new directory name under ``parent`` for ``key``, reserved only by :meth:`commit`."""
+        relative = self._free_name(parent)
+        self.pending.append(Reservation(kind, key, relative, {**entry, "dir": relative}))
+        return relative
+
+    def _free_name(self, parent: str) -> str:
         base = timestamp_name()
         suffix = self._next_suffix.get((parent, base), 0)
         while True:
@@ -76,67 +85,86 @@ class Index:
                 break
             suffix += 1
         self._next_suffix[(parent, base)] = suffix + 1
-        relative = f"{parent}/{name}"
-        self.pending.append(Reservation(kind, key, relative, {**entry, "dir": relative}))
-        return relative
+        return f"{parent}/{name}"
 
-    def commit(self) -> None:
-        """Write the pending reservations (Snakemake's onstart: real runs only, main process only)."""
+    def commit(self) -> list[tuple[Reservation, str]]:
+        """Reserve the pending names (Snakemake's onstart: real runs, main process). Returns each
+        reservation with its final directory: the proposed one, or the one another run reserved
+        for the same key meanwhile (adopted), or a fresh name if another run claimed ours."""
+        final = []
+        moved: dict[str, str] = {}  # proposed -> final, for the steps under an adopted chain dir
         for reservation in self.pending:
-            self._create(
-                self.root / "names" / reservation.dir.replace("/", "%"),
-                "",
-                f"directory name {reservation.dir}",
-            )
-            self._create(
-                self.root / reservation.kind / reservation.key,
-                json.dumps(reservation.entry, sort_keys=True),
-                f"{reservation.kind[:-1]} {reservation.key}",
-            )
+            name = reservation.dir
+            parent = name.rpartition("/")[0]
+            if moved.get(parent, parent) != parent:
+                name = self._free_name(moved[parent])
+            while not create_exclusive(self._name_path(name), ""):
+                name = self._free_name(name.rsplit("/", 1)[0])
+            entry = json.dumps({**reservation.entry, "dir": name}, sort_keys=True)
+            path = self.root / reservation.kind / reservation.key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not create_exclusive(path, entry):
+                found = self.lookup(reservation.kind, reservation.key)
+                assert found is not None  # entries are never removed by a planner
+                name = found["dir"]
+            moved[reservation.dir] = name
+            final.append((reservation, name))
         self.pending.clear()
         self._next_suffix.clear()
+        return final
+
+    def record_dataset(self, fingerprint: str, path: str) -> None:
+        """Remember where a grid point was computed, for later grids that contain it."""
+        target = self.root / "datasets" / fingerprint
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, json.dumps({"path": path}))
+
+    def _name_path(self, relative: str) -> Path:
+        path = self.root / "names" / relative.replace("/", "%")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _claimed(self, relative: str) -> bool:
         return (self.root / "names" / relative.replace("/", "%")).exists()
 
-    @staticmethod
-    def _create(path: Path, text: str, what: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            raise PlanError(
-                f"another opchain run reserved {what} at the same time; "
-                "run again to pick up its reservation"
-            ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-
     def rebuild(self) -> int:
-        """Recreate the entries from the results' metadata.yaml and the chains' chain.yaml files;
-        returns how many steps were found."""
+        """Recreate the steps, chains and datasets entries from the results' metadata.yaml and the
+        chains' chain.yaml files (name claims are kept: a name is never handed out twice);
+        returns how many steps were found. Unreadable files are skipped, not fatal."""
+        for kind in ("steps", "chains", "datasets"):
+            shutil.rmtree(self.root / kind, ignore_errors=True)
         steps: set[str] = set()
         for metadata in self.storage.glob("operation*_results/**/dataset_*/metadata.yaml"):
-            meta = yaml.safe_load(metadata.read_text(encoding="utf-8")) or {}
+            meta = _read_yaml(metadata)
+            dataset = metadata.parent.relative_to(self.storage).as_posix()
+            if not meta.get("fingerprint"):
+                continue
+            if meta.get("dataset_fingerprint") and not meta.get("computed_in"):
+                self.record_dataset(meta["dataset_fingerprint"], dataset)
             if meta["fingerprint"] in steps:  # every dataset of a step records the same entry
                 continue
             steps.add(meta["fingerprint"])
             step_dir = metadata.parent.parent.relative_to(self.storage).as_posix()
-            self._write(
-                self.root / "steps" / meta["fingerprint"],
-                {"dir": step_dir, "components": meta["components"]},
-            )
-            self._write(self.root / "names" / step_dir.replace("/", "%"), None)
+            self._write("steps", meta["fingerprint"], {"dir": step_dir})
+            self._write("names", step_dir.replace("/", "%"), None)
         for manifest in self.storage.glob("operation_chain_results/*/chain.yaml"):
-            chain_dir = manifest.parent.relative_to(self.storage).as_posix()
-            name = (yaml.safe_load(manifest.read_text(encoding="utf-8")) or {})["chain"]
-            self._write(self.root / "chains" / name, {"dir": chain_dir})
-            self._write(self.root / "names" / chain_dir.replace("/", "%"), None)
+            chain = _read_yaml(manifest)
+            if chain.get("chain"):
+                chain_dir = manifest.parent.relative_to(self.storage).as_posix()
+                key = chain.get("key") or chain["chain"]
+                self._write("chains", key, {"dir": chain_dir, "origin": chain.get("origin")})
+                self._write("names", chain_dir.replace("/", "%"), None)
         return len(steps)
 
-    @staticmethod
-    def _write(path: Path, entry: dict[str, Any] | None) -> None:
+    def _write(self, kind: str, key: str, entry: dict[str, Any] | None) -> None:
+        path = self.root / kind / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            "" if entry is None else json.dumps(entry, sort_keys=True), encoding="utf-8"
-        )
+        write_atomic(path, "" if entry is None else json.dumps(entry, sort_keys=True))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}

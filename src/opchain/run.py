@@ -1,10 +1,21 @@
-"""Execute one job: read its input dataset, call the operation, write the result atomically.
+"""Execute one job: a batch of result datasets of one step, each written atomically and alone.
 
-The result directory is written whole under a hidden temporary name beside its final place (daf
-data, ``datastore/``, ``metadata.yaml``, ``input_metadata.yaml``) and renamed into place only when
-complete, so a failed or killed job leaves nothing that passes for a result. The step-level files
-are shared by the step's jobs: ``operation.log`` gets each job's lines in one appending write, and
-``source_operation.yaml`` is replaced atomically (every job of a step writes the same text).
+``python -m opchain.run MARKER LOG`` reads the batch's spec from ``MARKER.json`` (written by the
+planner when the run started), then for each dataset of the batch, under that dataset's lock in the
+storage root:
+
+- if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
+- if the same grid point was computed before (same dataset fingerprint): hard-link its files
+  (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
+- else read the input, call the operation, and write the result under a hidden temporary name beside
+  its final place (daf data, ``datastore/``, ``metadata.yaml``, ``input_metadata.yaml``), renamed
+  into place only when complete.
+
+So a killed batch keeps its finished datasets and its rerun computes only the missing ones, and no
+process ever removes another live process's temporary. The step-level files are shared by the
+step's jobs: ``operation.log`` gets each dataset's lines in one appending write, and
+``source_operation.yaml`` (the operation as it ran) is written once. Finally the job touches MARKER,
+the output Snakemake waits for.
 """
 
 from __future__ import annotations
@@ -14,7 +25,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,16 +37,22 @@ from typing import Any
 import numpy as np
 import yaml
 
-from opchain import __version__
-from opchain.atomic import aside_path, write_atomic
+from opchain import __version__, locks
+from opchain.atomic import aside_path, remove_leftovers, write_atomic
 from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError
-from opchain.operations import Context, get_operation
+from opchain.index import Index
+from opchain.operations import Context, Operation, get_operation
 
-__all__ = ["main", "run_job", "versions", "write_manifest"]
+__all__ = ["main", "run_batch", "versions", "write_chain"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
+log = logging.getLogger("opchain")
+
+
+class DatasetFailed(OpchainError):
+    """One dataset of a batch failed; the message names it, the traceback goes to the job log."""
 
 
 def versions(snakemake_version: str) -> dict[str, str]:
@@ -54,75 +73,97 @@ def dump_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
-def run_job(spec: dict[str, Any], storage: Path, snakemake_version: str) -> Path:
-    """Run the job ``spec`` (a plan Job's spec) and return its result directory."""
-    output = storage / spec["output"]
+def run_batch(spec: dict[str, Any]) -> list[Path]:
+    """Make every dataset of the batch ``spec`` exist; return their directories."""
+    storage = Path(spec["storage"])
+    step_dir = storage / spec["dir"]
+    step_dir.mkdir(parents=True, exist_ok=True)
     operation = get_operation(spec["type"])
-    with _step_log(output, logging.getLogger(f"opchain.{output.parent.name}.{output.name}")) as log:
-        started = now()
-        log.info("%s %s on %s", spec["operation"], spec["parameters"], spec["input"])
-        for leftover in output.parent.glob(f".{output.name}.tmp-*"):  # from a killed attempt
-            shutil.rmtree(leftover, ignore_errors=True)
-        temporary = aside_path(output)
-        temporary.mkdir()
-        try:
-            results, urls = _compute(operation, spec, storage, temporary, output, log)
-            metadata = {
-                **{
-                    k: spec[k]
-                    for k in (
-                        "operation",
-                        "type",
-                        "parameters",
-                        "run",
-                        "seed",
-                        "fingerprint",
-                        "input",
-                        "output",
-                        "format",
-                    )
-                },
-                "results": results,
-                "datastore": urls,
-                "components": spec["components"],
-                "versions": versions(snakemake_version),
-                "host": os.uname().nodename,  # = socket.gethostname(), without its import
-                "started": started,
-                "finished": now(),
-            }
-            (temporary / "metadata.yaml").write_text(dump_yaml(metadata), encoding="utf-8")
-            (temporary / "input_metadata.yaml").write_text(
-                input_metadata(storage, spec["input"]), encoding="utf-8"
-            )
-            if output.exists():  # Snakemake removes outputs first; a hand-run job replaces them
-                shutil.rmtree(output)
-            os.rename(temporary, output)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        log.info("done: %s", ", ".join(f"{k}={v}" for k, v in results.items()) or "no scores")
-    write_atomic(output.parent / "source_operation.yaml", source_operation(spec["source"]))
-    return output
+    index = Index(storage)
+    outputs = []
+    with CostMeter() as meter:
+        for dataset in spec["datasets"]:
+            output = step_dir / f"dataset_{dataset['k']}"
+            outputs.append(output)
+            if output.exists():  # the fast path: no lock needed to see a finished dataset
+                continue
+            with locks.hold(storage, f"{spec['dir']}/{output.name}"):
+                if output.exists():  # finished by another run while we waited
+                    continue
+                with _step_log(output) as step_log:
+                    _make_dataset(operation, spec, dataset, output, index, step_log, meter)
+    source = step_dir / "source_operation.yaml"
+    if not source.exists():
+        write_atomic(step_dir / "source_operation.original.yaml", _original(spec["source"]))
+        write_atomic(source, source_operation(spec["source"]))
+    return outputs
+
+
+def _make_dataset(
+    operation: Operation,
+    spec: dict[str, Any],
+    dataset: dict[str, Any],
+    output: Path,
+    index: Index,
+    step_log: logging.Logger,
+    meter: CostMeter,
+) -> None:
+    storage = Path(spec["storage"])
+    remove_leftovers(output)  # a killed attempt's temporary (we hold the lock: nobody else's)
+    computed = index.lookup("datasets", dataset["fingerprint"])
+    source = storage / computed["path"] if computed else None
+    temporary = aside_path(output)
+    temporary.mkdir()
+    try:
+        if source is not None and (source / "metadata.yaml").is_file():
+            metadata = _link_result(source, temporary, spec, dataset, output)
+            step_log.info("%s: the same point as %s, linked", output.name, computed["path"])
+        else:
+            step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
+            metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
+            scores = metadata["results"]
+            step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
+        (temporary / "metadata.yaml").write_text(dump_yaml(metadata), encoding="utf-8")
+        (temporary / "input_metadata.yaml").write_text(
+            input_metadata(storage, dataset["input"]), encoding="utf-8"
+        )
+        os.rename(temporary, output)
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, Exception):
+            step_log.error("failed: %s: %s", type(error).__name__, error)
+            log.error("%s", traceback.format_exc().rstrip())  # the full traceback: the job log
+            raise DatasetFailed(
+                f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        raise
+    if "computed_in" not in metadata:
+        index.record_dataset(dataset["fingerprint"], output.relative_to(storage).as_posix())
 
 
 def _compute(
-    operation: Any,
+    operation: Operation,
     spec: dict[str, Any],
-    storage: Path,
+    dataset: dict[str, Any],
     temporary: Path,
     output: Path,
-    log: logging.Logger,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Call the operation into ``temporary``; return its scores and its datastore's final URLs."""
-    data = open_reader(storage / spec["input"])
+    step_log: logging.Logger,
+    meter: CostMeter,
+) -> dict[str, Any]:
+    """Call the operation into ``temporary``; return the dataset's metadata."""
+    storage = Path(spec["storage"])
+    started = now()
+    meter.start()
+    data = open_reader(storage / dataset["input"])
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
         writer = H5Writer(temporary / H5_FILE, atomic=False)
     else:
         writer = FilesWriter(temporary, overwrite=True, atomic=False)
-    context = Context(writer, DataStore(), log, spec["seed"], operation.random)
-    operation.function(data, dict(spec["parameters"]), context)
+    context = Context(writer, DataStore(), step_log, spec["seed"], operation.random)
+    operation.function(data, dict(dataset["parameters"]), context)
     writer.close()
     # The values are written aside; their URLs name where the directory will be.
     urls = (
@@ -130,7 +171,59 @@ def _compute(
         if context.datastore
         else {}
     )
-    return _plain(context.results), urls
+    return {
+        "operation": spec["operation"],
+        "type": spec["type"],
+        "parameters": dataset["parameters"],
+        "run": spec["seed"],
+        "seed": spec["seed"],
+        "fingerprint": spec["fingerprint"],
+        "dataset_fingerprint": dataset["fingerprint"],
+        "input": dataset["input"],
+        "output": output.relative_to(storage).as_posix(),
+        "format": spec["format"],
+        "results": _plain(context.results),
+        "datastore": urls,
+        "components": spec["components"],
+        "versions": versions(spec["snakemake"]),
+        "host": os.uname().nodename,  # = socket.gethostname(), without its import
+        "started": started,
+        "finished": now(),
+        "cost": meter.stop(),
+    }
+
+
+def _link_result(
+    source: Path, temporary: Path, spec: dict[str, Any], dataset: dict[str, Any], output: Path
+) -> dict[str, Any]:
+    """The dataset computed earlier at ``source``, without copying array bytes: hard links of its
+    immutable files (a copy across filesystems), and metadata for its new place."""
+    for folder, _, files in os.walk(source):
+        target = temporary / Path(folder).relative_to(source)
+        target.mkdir(exist_ok=True)
+        for name in files:
+            if Path(folder) == source and name in ("metadata.yaml", "input_metadata.yaml"):
+                continue
+            try:
+                os.link(Path(folder) / name, target / name)
+            except OSError:  # another filesystem, or no hard links there
+                shutil.copy2(Path(folder) / name, target / name)
+    metadata = yaml.safe_load((source / "metadata.yaml").read_text(encoding="utf-8"))
+    storage = Path(spec["storage"])
+    old, new = metadata["output"], output.relative_to(storage).as_posix()
+    return {
+        **metadata,
+        "seed": spec["seed"],
+        "run": spec["seed"],
+        "fingerprint": spec["fingerprint"],
+        "input": dataset["input"],
+        "output": new,
+        "computed_in": metadata.get("computed_in", old),
+        "datastore": {
+            name: url.replace(f"/{old}/", f"/{new}/", 1)
+            for name, url in (metadata.get("datastore") or {}).items()
+        },
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -152,17 +245,27 @@ def input_metadata(storage: Path, dataset: str) -> str:
 
 
 def source_operation(source: dict[str, Any]) -> str:
-    """The operation file this step was made from, with the chain's overrides noted on top."""
-    path = Path(source["file"])
-    header = f"# operation file: {path}\n"
+    """The operation as it ran: its type and every resolved setting (overrides applied, defaults
+    filled in). The file as written is kept beside it, in source_operation.original.yaml."""
+    settings = source["settings"]
+    spec: dict[str, Any] = {"type": source["type"]}
+    if len(settings) == 1:
+        spec["parameters"] = settings[0]
+    else:
+        spec["parameter_settings"] = settings
     if source["overridden_params"]:
-        header += f"# overridden_params (from the chain): {source['overridden_params']}\n"
-    return header + path.read_text(encoding="utf-8")
+        spec["overridden_params"] = source["overridden_params"]
+    header = f"# the operation as it ran, from {source['file']} (as written: source_operation.original.yaml)\n"
+    return header + dump_yaml(spec)
+
+
+def _original(source: dict[str, Any]) -> str:
+    return Path(source["file"]).read_text(encoding="utf-8")
 
 
 @contextmanager
-def _step_log(output: Path, log: logging.Logger) -> Iterator[logging.Logger]:
-    """Collect this job's log lines and append them to the step's operation.log in one write."""
+def _step_log(output: Path) -> Iterator[logging.Logger]:
+    """Collect one dataset's log lines and append them to the step's operation.log in one write."""
     lines: list[str] = []
 
     class Collect(logging.Handler):
@@ -170,17 +273,14 @@ def _step_log(output: Path, log: logging.Logger) -> Iterator[logging.Logger]:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
             lines.append(f"{stamp} {output.name} {record.levelname} {record.getMessage()}\n")
 
+    step_log = logging.getLogger(f"opchain.step.{output.name}")
     handler = Collect()
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    step_log.addHandler(handler)
+    step_log.setLevel(logging.INFO)
     try:
-        yield log
-    except BaseException as error:
-        log.error("failed: %s", error)
-        raise
+        yield step_log
     finally:
-        log.removeHandler(handler)
+        step_log.removeHandler(handler)
         fd = os.open(output.parent / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:
             os.write(fd, "".join(lines).encode())
@@ -188,29 +288,83 @@ def _step_log(output: Path, log: logging.Logger) -> Iterator[logging.Logger]:
             os.close(fd)
 
 
-def write_manifest(path: str, manifest_json: str) -> None:
-    """Write chain.yaml (rule chain_manifest) from the plan's canonical JSON."""
-    write_atomic(Path(path), dump_yaml(json.loads(manifest_json)))
+class CostMeter:
+    """Wall and CPU time and peak anonymous memory (RssAnon, sampled every 20 ms from /proc) of
+    each dataset a job computes: what a step costs, to size its ``resources`` from."""
+
+    def __init__(self) -> None:
+        self._peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CostMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self._peak = max(self._peak, rss_anon())
+
+    def start(self) -> None:
+        self._peak = rss_anon()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> dict[str, float]:
+        return {
+            "wall_seconds": round(time.perf_counter() - self._wall, 4),
+            "cpu_seconds": round(time.process_time() - self._cpu, 4),
+            "peak_anon_mb": round(max(self._peak, rss_anon()) / 2**20, 1),
+        }
+
+
+def rss_anon() -> int:
+    """This process's anonymous resident memory in bytes (0 where /proc has no RssAnon)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def write_chain(spec_file: str, chain_yaml: str, table: str, markers: list[str]) -> None:
+    """Rule chain_manifest: chain.yaml from the compiled chain the run started with; then the
+    markers of the batches it waited for are dropped (the datasets on disk say what is done)."""
+    manifest = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    manifest.pop("storage"), manifest.pop("dir")
+    write_atomic(Path(chain_yaml), dump_yaml(manifest))
+    write_atomic(Path(table), "")
+    for marker in markers:
+        Path(marker).unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> None:
-    """``python -m opchain.run OUTPUT LOG SNAKEMAKE_VERSION SPEC_JSON``, rule step's command: run
-    one job of the plan, logging to LOG. A plain process, not a ``script:`` job: not importing
-    Snakemake saves each step as much start-up time as numpy costs it."""
-    if len(argv) != 4:
-        sys.exit("usage: python -m opchain.run OUTPUT LOG SNAKEMAKE_VERSION SPEC_JSON")
-    output, log, snakemake_version, spec_json = argv
-    spec = json.loads(spec_json)
-    storage = Path(output).parents[len(Path(spec["output"]).parts) - 1]
-    handler = logging.FileHandler(log, encoding="utf-8")
+    """``python -m opchain.run MARKER LOG``: the command of every operation rule. A plain process,
+    not a ``script:`` job: not importing Snakemake saves each job as much as numpy costs it."""
+    if len(argv) != 2:
+        sys.exit("usage: python -m opchain.run MARKER LOG  (MARKER.json holds the job's spec)")
+    marker, log_file = Path(argv[0]), argv[1]
+    handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("opchain").addHandler(handler)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
-        run_job(spec, storage, snakemake_version)
-    except OpchainError as error:  # a user error: one line in the log and on stderr, no traceback
-        message = f"opchain: {spec['output']}: {error}"
-        logging.getLogger("opchain").error(message)
+        spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
+        for output in run_batch(spec):
+            log.info("%s", output)
+    except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
+        message = f"opchain: {error}"
+        if isinstance(error, DatasetFailed):
+            message += f" (traceback in {log_file})"
+        log.error(message)
         sys.exit(message)
+    marker.touch()
+    Path(f"{marker}.json").unlink()
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ class OperationSpec:
     settings: tuple[dict[str, Any], ...]  # validated, defaults filled in
     runs: int
     overrides: dict[str, Any]  # a chain's overridden_params, applied to every setting
+    batch: int | str | None = None  # datasets per job ("auto" or N); None: the config's
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,17 @@ class ChainSpec:
     runs: int
     steps: tuple[OperationSpec, ...]
 
+    @property
+    def origin(self) -> str:
+        """The chain file's absolute path: tells another project's chain of the same name apart."""
+        return str(self.path.resolve())
+
 
 def load_operation(path: Path, overrides: Mapping[str, Any] | None = None) -> OperationSpec:
     """Load an operation file, apply ``overrides`` and validate every setting it expands to."""
     doc = load_yaml(path)
     spec = _mapping(doc, (), doc.data)
-    _no_unknown_keys(doc, spec, {"type", "description", "runs", *PARAMETER_FORMS})
+    _no_unknown_keys(doc, spec, {"type", "description", "runs", "batch", *PARAMETER_FORMS})
     if "type" not in spec:
         raise doc.error((), "missing key 'type' (the operation to run)")
     try:
@@ -155,7 +161,12 @@ def load_operation(path: Path, overrides: Mapping[str, Any] | None = None) -> Op
         for i, s in enumerate(settings)
     )
     runs = _positive_int(doc, ("runs",), spec.get("runs", 1))
-    return OperationSpec(path, spec["type"], operation, validated, runs, dict(overrides or {}))
+    batch = spec.get("batch")
+    if batch not in (None, "auto"):
+        batch = _positive_int(doc, ("batch",), batch)
+    return OperationSpec(
+        path, spec["type"], operation, validated, runs, dict(overrides or {}), batch
+    )
 
 
 def _expand(doc: YamlDoc, form: str, raw: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:

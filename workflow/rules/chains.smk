@@ -1,46 +1,49 @@
-# The two rules every chain compiles to. Paths come from the plan; see common.smk.
-import shlex
-import sys
-
-from snakemake import __version__ as SNAKEMAKE_VERSION
-
-# A step is a plain `python -m opchain.run` process, with this process's interpreter (the one that
-# has opchain), and records the Snakemake that ran it.
-RUN_STEP = f"{shlex.quote(sys.executable)} -m opchain.run {{output:q}} {{log:q}} {SNAKEMAKE_VERSION}"
+# One rule per operation the plan uses (job lines, --dag and the report name the operation), all
+# alike: a job computes one batch of result datasets of one step. Paths come from the plan; see
+# common.smk.
 
 
 wildcard_constraints:
-    step_dir=r"operation_chain_results/[^/]+/[^/]+|operation_results/[^/]+",
-    k=r"\d+",
     chain=r"[^/]+",
+    step=r"[^/]+",
+    b=r"\d+",
 
 
-rule step:
-    """One result dataset: one operation, one parameter setting, one input dataset."""
-    input:
-        step_input,
-    output:
-        directory(f"{STORAGE}/{{step_dir}}/dataset_{{k}}"),
-    params:
-        spec=step_spec,
-    log:
-        "logs/{step_dir}/dataset_{k}.log",
-    resources:
-        **step_resources(),
-    shell:
-        RUN_STEP + " {params.spec:q}"
+for operation, resources in PLAN.operation_rules.items():
+
+    rule:
+        name:
+            operation
+        input:
+            batch_inputs,
+        output:
+            f"{JOBS_DIR}/{operation}/{{chain}}/{{step}}/batch_{{b}}",
+        params:
+            describe=batch_message,
+        message:
+            "{params.describe}"
+        log:
+            f"logs/{operation}/{{chain}}/{{step}}/batch_{{b}}.log",
+        resources:
+            **resources,
+        shell:
+            RUN_BATCH
 
 
 rule chain_manifest:
-    """chain.yaml: the compiled chain with every step directory, rewritten when they change."""
+    """chain.yaml (the compiled chain with every step directory) and results.csv (one row per
+    result dataset), rewritten when the chain's steps or any of its results change."""
     input:
-        chain_outputs,
+        markers=chain_markers,
+        folders=chain_folders,
     output:
-        f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
+        chain=f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
+        table=f"{STORAGE}/operation_chain_results/{{chain}}/results.csv",
     params:
-        manifest=lambda wildcards: canonical_json(chain_of(wildcards).manifest()),
+        key=chain_key,
+        spec=chain_spec_file,
     log:
-        "logs/{chain}/chain_manifest.log",
+        "logs/chains/{chain}.log",
     localrule: True
     script:
         "../../scripts/write_chain.py"

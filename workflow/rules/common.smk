@@ -1,71 +1,77 @@
-# Validate the config, build the plan (cheap: index reads and stats), expose it to the rules.
+# Validate the config, build the plan (cheap: index reads and one listing per step directory),
+# expose it to the rules.
+import shlex
 import sys
 
+from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import validate
 
 from opchain.errors import OpchainError
-from opchain.plan import canonical_json, plan_from_config
-
+from opchain.plan import JOBS_DIR, plan_from_config
 
 validate(config, "../schemas/config.schema.yaml")
 
 try:
-    PLAN = plan_from_config(config, job_process=not workflow.is_main_process)
+    PLAN = plan_from_config(config)
 except OpchainError as error:
     # A user error: one line, no traceback (Snakemake would print one for an exception).
     sys.exit(f"opchain: {error}")
 
 STORAGE = str(PLAN.storage)
+if workflow.is_main_process:
+    PLAN.drop_stale_markers()
+# An operation job is a plain `python -m opchain.run` process, with this process's interpreter
+# (the one that has opchain); its spec is the file MARKER.json that onstart writes.
+RUN_BATCH = f"{shlex.quote(sys.executable)} -m opchain.run {{output:q}} {{log:q}}"
 
 
 onstart:
     # Real runs only, main process only (Snakemake skips onstart for -n): dry runs write nothing.
     try:
-        PLAN.reserve()
+        PLAN.start(SNAKEMAKE_VERSION)
     except OpchainError as error:
         sys.exit(f"opchain: {error}")
 
 
 def targets():
-    """What `rule all` asks for: each chain's chain.yaml, or the single operation's datasets."""
+    """What `rule all` asks for: each chain's tables, or the single operation's missing batches."""
     if PLAN.operation_steps:
-        return [f"{STORAGE}/{out}" for step in PLAN.operation_steps for out in step.outputs]
-    return [f"{STORAGE}/{chain.dir}/chain.yaml" for chain in PLAN.chains]
+        return [s.marker(b) for s in PLAN.operation_steps for b in s.incomplete]
+    return [
+        f"{STORAGE}/{chain.dir}/{name}"
+        for chain in PLAN.chains
+        for name in ("chain.yaml", "results.csv")
+    ]
 
 
-def job_of(wildcards):
-    return PLAN.jobs[f"{wildcards.step_dir}/dataset_{wildcards.k}"]
+def step_of(wildcards):
+    return PLAN.labels[f"{wildcards.chain}/{wildcards.step}"]
 
 
-def step_input(wildcards):
-    return f"{STORAGE}/{job_of(wildcards).input}"
+def batch_inputs(wildcards):
+    """The markers of the incomplete upstream batches this batch reads from."""
+    return step_of(wildcards).upstream_markers(int(wildcards.b))
 
 
-def step_spec(wildcards):
-    return job_of(wildcards).spec_json
-
-
-def step_resources():
-    """Resources that some planned operation declares (mem_mb, runtime, cpus_per_task, ...): its
-    value for its jobs, the --default-resources value (a plain number) for the others. Resources no
-    operation declares are left to --default-resources alone."""
-    defaults = workflow.resource_settings.default_resources
-    # Sized resources must be numbers for every job: without a --default-resources value, the jobs
-    # of other operations get Snakemake's own floor for memory and disk, and an hour.
-    fallback = {"mem_mb": 1000, "disk_mb": 1000, "runtime": 60}
-    if defaults:
-        fallback |= {name: r.value for name, r in defaults.items() if not r.is_evaluable()}
-    declared = {name for step in PLAN.steps.values() for name in step.operation.operation.resources}
-
-    def resource(name):
-        return lambda wildcards: job_of(wildcards).spec["resources"].get(name, fallback.get(name))
-
-    return {name: resource(name) for name in sorted(declared)}
+def batch_message(wildcards):
+    return step_of(wildcards).describe(int(wildcards.b))
 
 
 def chain_of(wildcards):
     return next(c for c in PLAN.chains if c.dir == f"operation_chain_results/{wildcards.chain}")
 
 
-def chain_outputs(wildcards):
-    return [f"{STORAGE}/{out}" for out in chain_of(wildcards).outputs]
+def chain_markers(wildcards):
+    return chain_of(wildcards).markers
+
+
+def chain_folders(wildcards):
+    return chain_of(wildcards).changed_folders(PLAN.storage)
+
+
+def chain_key(wildcards):
+    return chain_of(wildcards).content_key
+
+
+def chain_spec_file(wildcards):
+    return chain_of(wildcards).spec_file
