@@ -3,11 +3,16 @@ beside it."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from opchain.atomic import aside_path, write_atomic
+from opchain import locks
+from opchain.atomic import aside_path, create_exclusive, write_atomic
 
 
 def test_write_atomic_replaces_the_file_and_leaves_nothing_aside(tmp_path: Path) -> None:
@@ -32,3 +37,54 @@ def test_aside_paths_are_hidden_siblings_and_distinct(tmp_path: Path) -> None:
     names = {aside_path(final).name for _ in range(100)}
     assert len(names) == 100
     assert all(name.startswith(".dataset_1.tmp-") for name in names)
+
+
+def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A SIGKILL inside write_atomic leaves `.chain.yaml.tmp-<host>-<pid>-*`; once that process
+    is gone, the next write of the same file removes it. A live writer's is left alone."""
+    target = tmp_path / "chain.yaml"
+    dead = subprocess.run(
+        [sys.executable, "-c", "from pathlib import Path; from opchain.atomic import aside_path;"
+         f"p = aside_path(Path({str(target)!r})); p.write_text('partial'); print(p)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    live = aside_path(target)  # this process: alive
+    live.write_text("being written")
+    assert Path(dead).exists()
+    write_atomic(target, "new\n")
+    assert not Path(dead).exists() and live.exists()
+    assert target.read_text() == "new\n"
+
+
+def test_create_exclusive_writes_whole_or_not_at_all(tmp_path: Path) -> None:
+    entry = tmp_path / "entry"
+    assert create_exclusive(entry, '{"dir": "a"}')
+    assert not create_exclusive(entry, '{"dir": "b"}')
+    assert entry.read_text() == '{"dir": "a"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_lock_excludes_other_processes_and_breaks_a_dead_owners(tmp_path: Path) -> None:
+    holder = (
+        "import sys, time; from pathlib import Path; from opchain import locks\n"
+        "with locks.hold(Path(sys.argv[1]), 'steps/a/dataset_1'):\n"
+        "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n"
+        "    (Path(sys.argv[1]) / 'finished').touch()\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path), "1.0"], stdout=subprocess.PIPE, text=True
+    )
+    assert first.stdout.readline() == "held\n"
+    with locks.hold(tmp_path, "steps/a/dataset_1"):  # waits for the first holder to finish
+        assert (tmp_path / "finished").exists()
+    first.wait()
+    killed = subprocess.Popen(
+        [sys.executable, "-c", holder, str(tmp_path), "60"], stdout=subprocess.PIPE, text=True
+    )
+    assert killed.stdout.readline() == "held\n"
+    killed.kill()
+    killed.wait()
+    with locks.hold(tmp_path, "steps/a/dataset_1"):  # the dead owner's lock is broken
+        lock = tmp_path / locks.LOCKS_DIR / "steps%a%dataset_1"
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()

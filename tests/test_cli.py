@@ -48,23 +48,3 @@ def test_user_error_is_one_line_without_traceback(project: Project) -> None:
     result = project.opchain("status", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "unknown operation 'nope'" in result.stderr
-
-
-def test_a_job_process_never_invents_a_directory_name(project: Project, monkeypatch) -> None:
-    """Cluster jobs re-plan: every name must come from the main process's reservations."""
-    import pytest
-    import yaml
-
-    from opchain.errors import PlanError
-    from opchain.plan import plan_from_config
-
-    monkeypatch.chdir(project.root)
-    config = yaml.safe_load((project.root / "config/config.yaml").read_text())
-    monkeypatch.syspath_prepend(str(project.root))
-    with pytest.raises(PlanError, match="no reserved directory"):
-        plan_from_config(config, job_process=True)
-    project.snakemake()
-    plan = plan_from_config(config, job_process=True)  # after a real run: all names known
-    assert {s.dir for s in plan.steps.values()} == {
-        s["dir"] for r in project.manifest()["runs"] for s in r["steps"]
-    }

@@ -41,14 +41,34 @@ def test_a_claimed_name_is_never_handed_out_again(tmp_path: Path) -> None:
     assert second.lookup("steps", "fp1") == {"dir": name}
 
 
-def test_concurrent_planners_of_one_fingerprint_exactly_one_wins(tmp_path: Path) -> None:
+def test_concurrent_planners_of_one_fingerprint_agree_on_one_directory(tmp_path: Path) -> None:
+    """Two runs sharing a storage root plan the same new step: the second adopts the first's."""
     one, two = Index(tmp_path), Index(tmp_path)
-    one.propose("steps", "same", "operation_results", {})
-    two.propose("steps", "same", "operation_results", {})
+    proposed_one = one.propose("steps", "same", "operation_results", {})
+    proposed_two = two.propose("steps", "same", "operation_results", {})
+    assert proposed_one == proposed_two  # the same second, neither reserved yet
+    [(_, first)] = one.commit()
+    [(_, second)] = two.commit()
+    assert first == second == one.lookup("steps", "same")["dir"]
+
+
+def test_a_name_claimed_meanwhile_is_not_taken_twice(tmp_path: Path) -> None:
+    one, two = Index(tmp_path), Index(tmp_path)
+    name = one.propose("steps", "fp1", "operation_results", {})
+    assert two.propose("steps", "fp2", "operation_results", {}) == name
     one.commit()
-    with pytest.raises(PlanError, match="at the same time; run again"):
-        two.commit()
-    assert one.lookup("steps", "same") is not None
+    [(_, other)] = two.commit()
+    assert other != name and two.lookup("steps", "fp2")["dir"] == other
+
+
+def test_entries_are_never_left_empty(tmp_path: Path) -> None:
+    index = Index(tmp_path)
+    index.propose("steps", "fp", "operation_results", {"components": {"a": 1}})
+    index.commit()
+    entries = list((tmp_path / ".opchain").rglob("*"))
+    steps = [p for p in entries if p.parent.name == "steps"]
+    assert [p.name for p in steps] == ["fp"] and steps[0].read_text().startswith("{")
+    assert not [p for p in entries if ".tmp-" in p.name]
 
 
 def test_corrupt_entry_is_a_clear_error(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def main(cli_args: Sequence[str]) -> int:
                     *args.snakemake_args,
                 ],
             )
-        plan = plan_from_config(load_config(args.config), job_process=False)
+        plan = plan_from_config(load_config(args.config))
         if args.command == "status":
             return show_status(plan, as_json=args.json)
         if args.command == "list":

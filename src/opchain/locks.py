@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from opchain.atomic import HOST, create_exclusive, pid_alive
@@ -51,10 +51,8 @@ def _break(lock: Path, stale: str) -> None:
     except FileNotFoundError:
         return
     if broken.read_text(encoding="utf-8") != stale:
-        try:
+        with suppress(FileExistsError):
             os.link(broken, lock)
-        except FileExistsError:
-            pass
     broken.unlink()
 
 

@@ -41,7 +41,6 @@ from opchain.index import Index
 from opchain.spec import ChainSpec, OperationSpec, load_chain, load_operation
 
 __all__ = [
-    "Batch",
     "ChainPlan",
     "Plan",
     "Step",
@@ -64,7 +63,11 @@ DEFAULT_MAX_DATASETS = 1_000_000
 def rule_name(operation: str) -> str:
     """A Snakemake rule name for an operation: a Python identifier, clear of opchain's own rules."""
     name = re.sub(r"\W", "_", operation)
-    return f"op_{name}" if name in ("all", "chain_manifest", "chain_report") or name[0].isdigit() else name
+    return (
+        f"op_{name}"
+        if name in ("all", "chain_manifest", "chain_report") or name[0].isdigit()
+        else name
+    )
 
 
 def canonical_json(value: Any) -> str:

@@ -132,7 +132,8 @@ def _make_dataset(
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, Exception):
             step_log.error("failed: %s: %s", type(error).__name__, error)
-            log.error("%s", traceback.format_exc().rstrip())  # the full traceback: the job log
+            if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
+                log.error("%s", traceback.format_exc().rstrip())
             raise DatasetFailed(
                 f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
                 f"{type(error).__name__}: {error}"
@@ -359,7 +360,7 @@ def main(argv: list[str]) -> None:
             log.info("%s", output)
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"
-        if isinstance(error, DatasetFailed):
+        if isinstance(error.__cause__, Exception) and not isinstance(error.__cause__, OpchainError):
             message += f" (traceback in {log_file})"
         log.error(message)
         sys.exit(message)

@@ -10,7 +10,6 @@ under the storage root), ``runs`` and a list of ``operations``, each an operatio
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,6 @@ __all__ = [
 
 KeyPath = tuple[str | int, ...]
 PARAMETER_FORMS = ("parameters", "parameter_ranges", "parameter_settings")
-# A job's spec (its parameters twice: as values and in the fingerprint's components) travels on its
-# command line, and Linux caps one argument at 128 KiB; large values belong in a dataset.
-MAX_PARAMETER_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -192,13 +188,6 @@ def _validate(
     if error is not None:
         key = tuple(error.absolute_path)
         raise doc.error((*where, *key), f"{error.message} (operation '{operation.name}')")
-    size = len(json.dumps(full))
-    if size > MAX_PARAMETER_BYTES:
-        raise doc.error(
-            where,
-            f"the parameters take {size} bytes as JSON, more than the {MAX_PARAMETER_BYTES} a "
-            "job's command line carries: put large values in a dataset",
-        )
     return full
 
 
