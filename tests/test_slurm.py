@@ -44,9 +44,15 @@ def result_files(project: Project) -> dict[str, bytes]:
 def test_chain_runs_through_slurm_byte_identical_to_local(
     tmp_path: Path, cluster: SlurmCluster
 ) -> None:
+    grid = "type: myops:add\nparameter_ranges: {value: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
     local = make_project(tmp_path / "local")
-    local.snakemake()
+    local.edit("config/operations/add_one.yaml", grid)
+    local.snakemake()  # batches of one dataset (auto, for steps of 16 datasets)
     remote = make_project(tmp_path / "remote")
+    remote.edit("config/operations/add_one.yaml", grid)
+    remote.edit(
+        "config/config.yaml", "storage: storage\nbatch: 8\nchains: [config/chains/basic.yaml]\n"
+    )
     env = {**remote.env(), **cluster.env}
     result = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
     output = result.stdout + result.stderr
@@ -56,8 +62,9 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
         p.stem for p in remote.root.glob(".snakemake/slurm_logs/**/*.log") if p.stem.isdigit()
     }
     assert job_ids, output
-    # profiles/slurm groups the chain's 10 cheap step jobs: fewer SLURM jobs than steps.
-    assert 0 < len(job_ids) < 10, output
+    # 5 steps of 16 datasets (the grid of 8 on 2 inputs, then per run) in batches of 8: 10 SLURM
+    # jobs for 80 datasets.
+    assert len(job_ids) == 10, output
     for job_id in job_ids:
         info = cluster.job_info(job_id)
         assert info.get("JobState") == "COMPLETED", (job_id, info)
@@ -72,7 +79,9 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
     }
     assert reserved == written
 
-    # Byte-identical arrays (and every other data file) to the local run of the same chain.
+    # Byte-identical arrays (and every other data file) to the local run of the same chain,
+    # whatever the batch size.
+    assert len(result_files(local)) >= 80 * 4
     assert result_files(remote) == result_files(local)
 
     # Nothing left to do afterwards, through SLURM or locally.
