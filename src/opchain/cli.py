@@ -18,7 +18,7 @@ import yaml
 
 from opchain.errors import OpchainError
 from opchain.index import Index
-from opchain.plan import ChainPlan, Plan, Step, plan_from_config
+from opchain.plan import ChainPlan, Plan, Step, plan_from_config, storage_root
 
 __all__ = ["entrypoint", "main", "main_parser"]
 
@@ -70,13 +70,14 @@ def main(cli_args: Sequence[str]) -> int:
                     *args.snakemake_args,
                 ],
             )
-        plan = plan_from_config(load_config(args.config))
+        config = load_config(args.config)
+        if args.command == "index":  # without planning: the plan may be what a damaged index stops
+            print(f"index rebuilt: {Index(storage_root(config)).rebuild()} steps")
+            return 0
+        plan = plan_from_config(config)
         if args.command == "status":
             return show_status(plan, as_json=args.json)
-        if args.command == "list":
-            return show_list(plan)
-        print(f"index rebuilt: {Index(plan.storage).rebuild()} steps")
-        return 0
+        return show_list(plan)
     except OpchainError as error:
         print(f"opchain: {error}", file=sys.stderr)
         return 1

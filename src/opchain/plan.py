@@ -49,6 +49,7 @@ __all__ = [
     "find_datasets",
     "inside_storage",
     "plan_from_config",
+    "storage_root",
 ]
 
 CHAINS_DIR = "operation_chain_results"
@@ -511,13 +512,18 @@ def dataset_files_fingerprint(storage: Path, dataset: str) -> str:
     return "input:" + fingerprint({"files": entries})
 
 
+def storage_root(config: dict[str, Any]) -> Path:
+    """The storage root: $OPCHAIN_STORAGE, else the config's ``storage``."""
+    return Path(os.environ.get("OPCHAIN_STORAGE") or config.get("storage", "storage"))
+
+
 def plan_from_config(config: dict[str, Any]) -> Plan:
     """The plan for a Snakemake config: its chains, or the single ``operation`` it names.
 
     Relative paths (storage root, spec files) are relative to the working directory, Snakemake's
     workdir, so the plan and the results' metadata do not change when the project folder moves.
     """
-    storage = Path(os.environ.get("OPCHAIN_STORAGE") or config.get("storage", "storage"))
+    storage = storage_root(config)
     dataset_format = config.get("dataset_format", "files")
     if dataset_format not in FORMATS:
         raise SpecError(

@@ -117,7 +117,7 @@ def _make_dataset(
     try:
         if source is not None and (source / "metadata.yaml").is_file():
             metadata = _link_result(source, temporary, spec, dataset, output)
-            step_log.info("%s: the same point as %s, linked", output.name, computed["path"])
+            step_log.info("the same point as %s: linked", computed["path"])
         else:
             step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
             metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)

@@ -1,0 +1,199 @@
+"""Batched jobs and per-point reuse, through real `snakemake` runs.
+
+A job computes a batch of result datasets of one step; a grid point computed once is hard-linked
+into any later grid that contains it. Nothing a user sees changes with the batch size: the seed
+layout, one metadata.yaml per dataset, byte-identical arrays, kill safety per dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import Project, make_project
+from test_chains import job_count, job_counts, x_of
+
+GRID = "config/operations/grid.yaml"
+
+
+def grid_project(root: Path, values: list[int], *, batch: int | str = "auto") -> Project:
+    """add(grid of values) -> jitter, one run, on the two inputs."""
+    project = make_project(root)
+    project.edit(GRID, f"type: myops:add\nparameter_ranges: {{value: {values}}}\n")
+    project.edit(
+        "config/chains/basic.yaml",
+        "input_path: inputs\nruns: 1\noperations: [grid.yaml, jitter.yaml]\n",
+    )
+    project.edit(
+        "config/config.yaml",
+        f"storage: storage\nbatch: {batch}\nchains: [config/chains/basic.yaml]\n",
+    )
+    return project
+
+
+def arrays(project: Project) -> dict[str, bytes]:
+    """Every array file of every step, keyed by step position and dataset (not by names)."""
+    found = {}
+    for i, step in enumerate(project.manifest()["runs"][0]["steps"]):
+        for path in sorted((project.storage / step["dir"]).glob("dataset_*/*.array")):
+            found[f"{i}/{path.parent.name}/{path.name}"] = path.read_bytes()
+    return found
+
+
+def metadata(dataset: Path) -> dict:
+    return yaml.safe_load((dataset / "metadata.yaml").read_text())
+
+
+def test_batch_sizes_give_byte_identical_results(tmp_path: Path) -> None:
+    values = list(range(1, 21))  # 20 settings x 2 inputs = 40 datasets per step
+    results, jobs = {}, {}
+    for batch in ("auto", 1, 7):
+        project = grid_project(tmp_path / str(batch), values, batch=batch)
+        jobs[batch] = job_counts(project.snakemake())
+        results[batch] = arrays(project)
+        step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+        assert sorted(int(p.name[8:]) for p in step.glob("dataset_*")) == list(range(1, 41))
+        assert len(list(step.glob("dataset_*/metadata.yaml"))) == 40
+    # auto: ceil(40 / 16) = 3 datasets a job; 1: today's one job per dataset; 7: as set.
+    assert jobs == {
+        "auto": {"add": 14, "jitter": 14},
+        1: {"add": 40, "jitter": 40},
+        7: {"add": 6, "jitter": 6},
+    }
+    assert len(results["auto"]) == 80
+    assert results["auto"] == results[1] == results[7]
+
+
+def test_a_grid_of_1000_settings_plans_as_20_jobs(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", list(range(1000)))
+    dry = project.snakemake("-n")
+    # 2,000 datasets per step at 100 a job; the command lines stay short (the spec is a file).
+    assert job_counts(dry) == {"add": 20, "jitter": 20}
+    commands = [line for line in dry.stdout.splitlines() if "-m opchain.run" in line]
+    assert len(commands) == 40 and max(map(len, commands)) < 400
+
+
+def test_an_operation_file_sets_its_own_batch(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", [1, 2, 3, 4], batch=1)
+    project.edit(GRID, "type: myops:add\nbatch: 8\nparameter_ranges: {value: [1, 2, 3, 4]}\n")
+    assert job_counts(project.snakemake("-n")) == {"add": 1, "jitter": 8}
+
+
+def test_extending_a_grid_computes_only_the_new_points(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", [10, 20, 30])
+    project.snakemake()
+    first = project.manifest()["runs"][0]["steps"]
+    # Extend and reorder: 30 and 10 were computed, 40 and 50 are new.
+    project.edit(GRID, "type: myops:add\nparameter_ranges: {value: [30, 40, 10, 50]}\n")
+    project.snakemake()
+    steps = project.manifest()["runs"][0]["steps"]
+    assert all(a["dir"] != b["dir"] for a, b in zip(first, steps, strict=True))  # new directories
+    for position in (0, 1):  # the grid step and the (random) step after it
+        step = project.storage / steps[position]["dir"]
+        datasets = sorted(step.glob("dataset_*"), key=lambda p: int(p.name[8:]))
+        assert len(datasets) == 8  # the seed layout: dataset_1..8, each with its metadata
+        reused = {p.name: metadata(p).get("computed_in") for p in datasets}
+        # k = input * 4 + setting + 1: settings 30 and 10 are points 1 and 3 of each input.
+        old = project.storage / first[position]["dir"]
+        assert {k for k, v in reused.items() if v} == {
+            "dataset_1",
+            "dataset_3",
+            "dataset_5",
+            "dataset_7",
+        }
+        assert all(
+            v is None or v.startswith(old.relative_to(project.storage).as_posix())
+            for v in reused.values()
+        )
+        log = (step / "operation.log").read_text()
+        assert log.count("linked") == 4 and log.count(" done: ") == 4  # only 4 points ran
+        # No array bytes copied: the reused files are hard links of the earlier ones.
+        linked = next(step.glob("dataset_1/*.array"))
+        assert linked.stat().st_nlink == 2
+    # Byte-identical to a fresh computation of the new grid.
+    fresh = grid_project(tmp_path / "fresh", [30, 40, 10, 50])
+    fresh.snakemake()
+    assert arrays(project) == arrays(fresh)
+    # Shrinking computes nothing: every point of [10, 40] exists.
+    project.edit(GRID, "type: myops:add\nparameter_ranges: {value: [10, 40]}\n")
+    project.snakemake()
+    step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+    assert " done: " not in (step / "operation.log").read_text()
+    np.testing.assert_array_equal(x_of(step / "dataset_2"), np.arange(12.0).reshape(4, 3) + 40)
+
+
+def test_editing_an_upstream_step_reruns_everything_below_it(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", [10, 20])
+    project.edit(
+        "config/chains/basic.yaml",
+        "input_path: inputs\nruns: 1\noperations: [add_one.yaml, grid.yaml, jitter.yaml]\n",
+    )
+    project.snakemake()
+    project.edit("config/operations/add_one.yaml", "type: myops:add\nparameters: {value: 2}\n")
+    project.snakemake()
+    for step in project.manifest()["runs"][0]["steps"]:
+        step_dir = project.storage / step["dir"]
+        assert not [p for p in step_dir.glob("dataset_*") if metadata(p).get("computed_in")]
+        assert "linked" not in (step_dir / "operation.log").read_text()
+
+
+def test_a_killed_batch_keeps_its_finished_datasets(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    project.edit(
+        "config/chains/basic.yaml", "input_path: inputs\nruns: 1\noperations: [slow.yaml]\n"
+    )
+    project.edit(
+        "config/operations/slow.yaml",
+        "type: myops:slow\nbatch: 8\nparameter_ranges: {seconds: [0, 0.01, 0.02, 60]}\n",
+    )
+    process = subprocess.Popen(
+        project.snakemake_command(),
+        cwd=project.root,
+        env=project.env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    finished = "operation_chain_results/*/*/dataset_*/metadata.yaml"
+    deadline = time.time() + 120
+    # One job computes all 8 datasets in order; dataset_4 sleeps: kill it there.
+    while len(list(project.storage.glob(finished))) < 3:
+        assert time.time() < deadline and process.poll() is None, "the batch never started"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = {p.parent: p.read_text() for p in project.storage.glob(finished)}
+    assert sorted(p.name for p in done) == ["dataset_1", "dataset_2", "dataset_3"]
+    project.snakemake("--unlock")
+    result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
+    assert job_count(result) == 1
+    assert {p: (p / "metadata.yaml").read_text() for p in done} == done  # kept, not redone
+    step = next(iter(done)).parent
+    assert len(list(step.glob("dataset_*/metadata.yaml"))) == 8
+    assert not list(project.storage.rglob(".dataset_*.tmp-*"))
+    log = (step / "operation.log").read_text()
+    assert all(log.count(f"dataset_{k} INFO slow") == 1 for k in range(1, 9) if k != 4)
+
+
+def test_a_deleted_result_is_recomputed_alone(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", [10, 20])
+    project.snakemake()
+    step = project.storage / project.manifest()["runs"][0]["steps"][1]["dir"]
+    before = {p.name: metadata(p)["started"] for p in step.glob("dataset_*")}
+    shutil.rmtree(step / "dataset_3")
+    status = project.opchain("status").stdout
+    assert "will run (result missing)" in status
+    assert job_counts(project.snakemake("-n")) == {"jitter": 1}
+    project.snakemake()
+    after = {p.name: metadata(p)["started"] for p in step.glob("dataset_*")}
+    assert after.keys() == before.keys() and after["dataset_3"] != before["dataset_3"]
+    assert {k: v for k, v in after.items() if k != "dataset_3"} == {
+        k: v for k, v in before.items() if k != "dataset_3"
+    }
+    assert "Nothing to be done" in project.snakemake().stdout
