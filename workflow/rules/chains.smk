@@ -32,11 +32,13 @@ rule step:
 
 
 rule chain_manifest:
-    """chain.yaml: the compiled chain with every step directory, rewritten when they change."""
+    """chain.yaml and results.csv: the compiled chain with every step directory, and its results
+    table; rewritten when the step directories change."""
     input:
         chain_outputs,
     output:
         f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
+        f"{STORAGE}/operation_chain_results/{{chain}}/results.csv",
     params:
         manifest=lambda wildcards: canonical_json(chain_of(wildcards).manifest()),
     log:
