@@ -51,7 +51,7 @@ def main_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=("table", "csv", "json"), default="table")
     results.add_argument("--summary", action="store_true", help="mean, std, n of scores over runs")
     results.add_argument("--score", help="only the rows, and columns, of this score")
-    results.add_argument("--sort", help="sort by this column (-COLUMN: descending)")
+    results.add_argument("--sort", help="sort by this column (--sort=-COLUMN: descending)")
     show = commands.add_parser("show", help="a result: parameters, scores, lineage, data")
     show.add_argument("path", type=Path, help="a dataset_<k>, step or chain directory")
     show.add_argument("--json", action="store_true", help="machine-readable output")

@@ -116,9 +116,11 @@ th { background: #eee; }
 
 
 def results_html(table: Any, chain: str) -> str:
-    from opchain.table import summarize  # not at import: jobs that make figures do not need it
+    # Not at import: jobs that make figures do not need these.
+    from opchain.table import informative, summarize
 
-    summary = summarize(table)
+    summary = informative(summarize(table))
+    table = informative(table)
     return "\n".join(
         [
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{chain}</title>",
@@ -135,9 +137,9 @@ def results_html(table: Any, chain: str) -> str:
 
 def build_report(results_csv: Path, storage: Path, table_html: Path, figures: Path) -> None:
     """The report files of one chain from its results.csv: the table and the figures."""
-    import pandas as pd
+    from opchain.table import read_results
 
-    table = pd.read_csv(results_csv)
+    table = read_results(results_csv)
     chain = str(table["chain"].iloc[0]) if len(table) else results_csv.parent.name
     table_html.write_text(results_html(table, chain), encoding="utf-8")
     if figures.exists():

@@ -34,6 +34,7 @@ __all__ = [
     "informative",
     "name_time",
     "read_metadata",
+    "read_results",
     "results_text",
     "select",
     "summarize",
@@ -268,6 +269,14 @@ def chain_dirs(storage: Path, names: list[str], configured: list[str]) -> list[P
     return dirs
 
 
+def read_results(path: Path) -> Any:
+    """A results.csv as a DataFrame: floats exactly as written, integer columns with gaps still
+    integers (components 10, not 10.0)."""
+    import pandas as pd
+
+    return pd.read_csv(path, float_precision="round_trip").convert_dtypes()
+
+
 def results_text(
     dirs: list[Path], fmt: str, *, summary: bool, score: str | None, sort: str | None
 ) -> str:
@@ -278,13 +287,14 @@ def results_text(
     if missing:
         raise OpchainError(f"{missing[0] / RESULTS_CSV}: no results yet (run snakemake)")
     # Nullable dtypes: integer columns with gaps stay integers (components 10, not 10.0).
-    tables = [pd.read_csv(d / RESULTS_CSV).convert_dtypes() for d in dirs]
+    tables = [read_results(d / RESULTS_CSV) for d in dirs]
     table = pd.concat(tables, ignore_index=True)
     table = select(table, summary=summary, score=score, sort=sort)
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "json":
-        return json.dumps(json.loads(table.to_json(orient="records")), indent=2) + "\n"
+        records = table.astype(object).where(table.notna(), None).to_dict("records")
+        return json.dumps(records, indent=2, default=lambda v: v.item()) + "\n"
     shown = informative(table).astype(object)
     shown = shown.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else v)
     return shown.to_string(index=False) + "\n"
