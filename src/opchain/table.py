@@ -41,6 +41,8 @@ __all__ = [
     "write_chain_outputs",
 ]
 
+# libyaml's loader where PyYAML has it: a chain's table reads every result's metadata.yaml.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 RESULTS_CSV = "results.csv"
 HISTORY_DIR = "history"
 FIXED = ["chain", "run", "seed", "step", "operation", "input", "step_dir", "dataset"]
@@ -53,7 +55,7 @@ def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = No
     if cache is not None and dataset in cache:
         return cache[dataset]
     path = storage / dataset / "metadata.yaml"
-    metadata = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    metadata = yaml.load(path.read_text(encoding="utf-8"), LOADER) if path.is_file() else None
     if cache is not None:
         cache[dataset] = metadata
     return metadata
