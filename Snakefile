@@ -5,9 +5,11 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/chains.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         targets(),
+        report_targets(),
     default_target: True

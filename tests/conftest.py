@@ -103,3 +103,13 @@ def make_project(root: Path) -> Project:
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The shipped example (config/ and storage/example_data), run once; tests only read it."""
+    project = Project(tmp_path_factory.mktemp("example") / "example")
+    shutil.copytree(REPO / "config", project.root / "config")
+    shutil.copytree(REPO / "storage" / "example_data", project.storage / "example_data")
+    project.snakemake()
+    return project

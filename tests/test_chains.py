@@ -34,7 +34,7 @@ def step_dirs(project: Project) -> set[str]:
     return {
         p.relative_to(project.storage).as_posix()
         for p in project.storage.glob("operation_chain_results/*/*")
-        if p.is_dir()
+        if p.is_dir() and NAME.match(p.name)  # not the chain's history/ or report/
     }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from opchain import gc, lineage, table
 from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.plan import ChainPlan, Plan, Step, plan_from_config, storage_root
@@ -43,7 +44,21 @@ def main_parser() -> argparse.ArgumentParser:
     one.add_argument("snakemake_args", nargs=argparse.REMAINDER)
     status = commands.add_parser("status", help="which steps would run, and why")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("list", help="the chains' result directories, step by step")
+    listing = commands.add_parser("list", help="the chains' result directories, step by step")
+    listing.add_argument("--all", action="store_true", help="every result directory, used or not")
+    results = commands.add_parser("results", help="the chains' results tables (results.csv)")
+    results.add_argument("chains", nargs="*", help="chain names (default: the configured chains)")
+    results.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    results.add_argument("--summary", action="store_true", help="mean, std, n of scores over runs")
+    results.add_argument("--score", help="only the rows, and columns, of this score")
+    results.add_argument("--sort", help="sort by this column (--sort=-COLUMN: descending)")
+    show = commands.add_parser("show", help="a result: parameters, scores, lineage, data")
+    show.add_argument("path", type=Path, help="a dataset_<k>, step or chain directory")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    collect = commands.add_parser("gc", help="remove result directories no configured chain uses")
+    collect.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest")
+    collect.add_argument("--older-than", type=float, metavar="DAYS", help="only those older")
+    collect.add_argument("--dry-run", action="store_true", help="only print what would go")
     index = commands.add_parser("index", help="maintain the fingerprint index")
     index.add_argument(
         "--rebuild",
@@ -74,10 +89,22 @@ def main(cli_args: Sequence[str]) -> int:
         if args.command == "index":  # without planning: the plan may be what a damaged index stops
             print(f"index rebuilt: {Index(storage_root(config)).rebuild()} steps")
             return 0
+        if args.command == "show":
+            print(lineage.show_text(args.path, as_json=args.json), end="")
+            return 0
         plan = plan_from_config(config)
         if args.command == "status":
             return show_status(plan, as_json=args.json)
-        return show_list(plan)
+        if args.command == "list":
+            return gc.show_all(plan) if args.all else show_list(plan)
+        if args.command == "results":
+            dirs = table.chain_dirs(plan.storage, args.chains, [c.dir for c in plan.chains])
+            text = table.results_text(
+                dirs, args.format, summary=args.summary, score=args.score, sort=args.sort
+            )
+            print(text, end="")
+            return 0
+        return gc.collect(plan, args.keep_last, args.older_than, dry_run=args.dry_run)
     except OpchainError as error:
         print(f"opchain: {error}", file=sys.stderr)
         return 1

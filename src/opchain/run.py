@@ -45,7 +45,7 @@ from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 
-__all__ = ["main", "run_batch", "versions", "write_chain"]
+__all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 log = logging.getLogger("opchain")
@@ -172,6 +172,13 @@ def _compute(
         if context.datastore
         else {}
     )
+    figures = {}
+    if context.figures:  # only then: matplotlib's import costs a job ~200 ms
+        from opchain.report import save_figures
+
+        figures = save_figures(
+            context.figures, temporary / "datastore", storage, output / "datastore"
+        )
     return {
         "operation": spec["operation"],
         "type": spec["type"],
@@ -185,6 +192,7 @@ def _compute(
         "format": spec["format"],
         "results": _plain(context.results),
         "datastore": urls,
+        "figures": figures,
         "components": spec["components"],
         "versions": versions(spec["snakemake"]),
         "host": os.uname().nodename,  # = socket.gethostname(), without its import
@@ -220,9 +228,12 @@ def _link_result(
         "input": dataset["input"],
         "output": new,
         "computed_in": metadata.get("computed_in", old),
-        "datastore": {
-            name: url.replace(f"/{old}/", f"/{new}/", 1)
-            for name, url in (metadata.get("datastore") or {}).items()
+        **{
+            key: {
+                name: url.replace(f"/{old}/", f"/{new}/", 1)
+                for name, url in (metadata.get(key) or {}).items()
+            }
+            for key in ("datastore", "figures")
         },
     }
 
@@ -331,17 +342,6 @@ def rss_anon() -> int:
     except OSError:
         pass
     return 0
-
-
-def write_chain(spec_file: str, chain_yaml: str, table: str, markers: list[str]) -> None:
-    """Rule chain_manifest: chain.yaml from the compiled chain the run started with; then the
-    markers of the batches it waited for are dropped (the datasets on disk say what is done)."""
-    manifest = json.loads(Path(spec_file).read_text(encoding="utf-8"))
-    manifest.pop("storage"), manifest.pop("dir")
-    write_atomic(Path(chain_yaml), dump_yaml(manifest))
-    write_atomic(Path(table), "")
-    for marker in markers:
-        Path(marker).unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> None:

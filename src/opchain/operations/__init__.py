@@ -36,6 +36,8 @@ class Context:
         self.seed = seed  # the run index (of the nearest random step, for deterministic ones)
         self.random = random
         self.results: dict[str, Any] = {}  # scalar scores, kept in metadata.yaml
+        # name -> matplotlib Figure (opchain.report.new_figure), saved as PNG beside the datastore
+        self.figures: dict[str, Any] = {}
 
     @cached_property
     def rng(self) -> np.random.Generator | None:

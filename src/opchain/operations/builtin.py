@@ -16,6 +16,7 @@ import numpy as np
 from opchain.daf.mapping import is_sparse, sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
+from opchain.report import new_figure
 
 BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB keep memory flat whatever the matrix size
 
@@ -225,6 +226,17 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.results["explained_variance_ratio"] = float(
         eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-300)
     )
+    ratio = eigenvalues[order] / max(eigenvalues.sum(), 1e-300)
+    ctx.figures["explained_variance"] = figure = new_figure()
+    figure.subplots().bar(range(1, k + 1), ratio)
+    figure.axes[0].set(xlabel="component", ylabel="explained variance ratio")
+    if k >= 2:
+        projected = dense_rows(
+            ctx.output.get_data2d(f"{rows_axis},pc#{params['output']}"), slice(None)
+        )
+        ctx.figures["first_components"] = figure = new_figure()
+        figure.subplots().scatter(projected[:, 0], projected[:, 1], s=4)
+        figure.axes[0].set(xlabel="pc_1", ylabel="pc_2")
 
 
 @operation(
@@ -328,6 +340,13 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.datastore["classes"] = classes.tolist()
     ctx.datastore["scores"] = {"accuracy": accuracy, "test_rows": int(is_test.sum())}
     ctx.log.info("accuracy %.4f on %d test rows", accuracy, int(is_test.sum()))
+    confusion = (labels[is_test, None] == classes).T @ (predicted[is_test, None] == classes)
+    ctx.figures["confusion_matrix"] = figure = new_figure(4.5, 4)
+    image = figure.subplots().imshow(confusion, cmap="Blues")
+    figure.colorbar(image)
+    ticks = range(len(classes))
+    figure.axes[0].set(xticks=ticks, xticklabels=classes, yticks=ticks, yticklabels=classes,
+                       xlabel="predicted", ylabel="true")  # fmt: skip
 
 
 @operation(
@@ -366,3 +385,6 @@ def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.results["inertia"] = inertia
     ctx.datastore["centroids"] = centroids
     ctx.datastore["scores"] = {"inertia": inertia, "clusters": k}
+    ctx.figures["cluster_sizes"] = figure = new_figure()
+    figure.subplots().bar(range(k), np.bincount(assignment, minlength=k))
+    figure.axes[0].set(xlabel="cluster", ylabel="rows")

@@ -1,0 +1,302 @@
+"""A chain's results as one table: a row per result dataset of every step of every run.
+
+``results.csv`` (beside ``chain.yaml``) has the columns ``chain, run, seed, step, operation, input,
+step_dir, dataset``, then ``param.<name>`` for the row's own resolved parameters and
+``param.<operation>.<name>`` for those of every earlier step of its lineage (so a score can be
+compared against any parameter that shaped it: ``param.pca.components`` on a nearest_centroid row),
+``score.<name>`` per entry of the metadata's ``results``, and ``start, seconds, host``. ``input`` is
+the original input dataset the row descends from. ``summarize`` groups the rows by step, operation,
+parameters and input and aggregates every score over the runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opchain.atomic import write_atomic
+from opchain.errors import OpchainError
+from opchain.index import timestamp_name
+
+__all__ = [
+    "HISTORY_DIR",
+    "RESULTS_CSV",
+    "chain_dirs",
+    "chain_rows",
+    "flatten",
+    "history_versions",
+    "informative",
+    "name_time",
+    "read_metadata",
+    "read_results",
+    "results_text",
+    "select",
+    "summarize",
+    "write_chain_outputs",
+]
+
+# libyaml's loader where PyYAML has it: a chain's table reads every result's metadata.yaml.
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+RESULTS_CSV = "results.csv"
+HISTORY_DIR = "history"
+FIXED = ["chain", "run", "seed", "step", "operation", "input", "step_dir", "dataset"]
+TRAILING = ["start", "seconds", "host"]
+
+
+def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = None) -> Any:
+    """The metadata.yaml of the result ``dataset`` (relative to ``storage``), None if it is not a
+    result (an input dataset)."""
+    if cache is not None and dataset in cache:
+        return cache[dataset]
+    path = storage / dataset / "metadata.yaml"
+    metadata = yaml.load(path.read_text(encoding="utf-8"), LOADER) if path.is_file() else None
+    if cache is not None:
+        cache[dataset] = metadata
+    return metadata
+
+
+def lineage(storage: Path, dataset: str, cache: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``[(dataset, metadata), ...]`` from ``dataset`` up to its original input (metadata None)."""
+    hops = []
+    while True:
+        metadata = read_metadata(storage, dataset, cache)
+        hops.append((dataset, metadata))
+        if metadata is None:
+            return hops
+        dataset = metadata["input"]
+
+
+def flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested mappings as dotted columns; lists as JSON text (one CSV cell)."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat |= flatten(inner, f"{prefix}.{key}")
+        return flat
+    return {prefix: json.dumps(value) if isinstance(value, list) else value}
+
+
+def _seconds(metadata: dict[str, Any]) -> float | None:
+    wall = (metadata.get("cost") or {}).get("wall_seconds")
+    if wall is not None:
+        return wall
+    try:
+        started = datetime.fromisoformat(metadata["started"])
+        return round((datetime.fromisoformat(metadata["finished"]) - started).total_seconds(), 3)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _row(chain: str, run: int, step: int, dataset: str, hops: list[tuple[str, Any]]) -> dict:
+    metadata = hops[0][1]
+    row: dict[str, Any] = {
+        "chain": chain,
+        "run": run,
+        "seed": metadata.get("seed"),
+        "step": step,
+        "operation": metadata["operation"],
+        "input": hops[-1][0],
+        "step_dir": dataset.rsplit("/", 1)[0],
+        "dataset": dataset.rsplit("/", 1)[1],
+    }
+    row |= flatten(metadata.get("parameters") or {}, "param")
+    ancestors = [m for _, m in hops[1:-1]]
+    names = [m["operation"] for m in ancestors]
+    for position, ancestor in enumerate(ancestors):
+        name = ancestor["operation"]
+        # The same operation twice upstream: tell the uses apart by their step number.
+        key = name if names.count(name) == 1 else f"{name}@{step - 1 - position}"
+        row |= flatten(ancestor.get("parameters") or {}, f"param.{key}")
+    row |= flatten(metadata.get("results") or {}, "score")
+    row |= {
+        "start": metadata.get("started"),
+        "seconds": _seconds(metadata),
+        "host": metadata.get("host"),
+    }
+    return row
+
+
+def chain_rows(storage: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per result dataset of every step of every run of the chain ``manifest`` (the
+    content of chain.yaml); datasets not computed yet are left out."""
+    cache: dict[str, Any] = {}
+    rows = []
+    for run in manifest["runs"]:
+        for number, step in enumerate(run["steps"], start=1):
+            for k in range(1, step["datasets"] + 1):
+                dataset = f"{step['dir']}/dataset_{k}"
+                hops = lineage(storage, dataset, cache)
+                if hops[0][1] is not None:
+                    rows.append(_row(manifest["chain"], run["run"], number, dataset, hops))
+    return rows
+
+
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen |= dict.fromkeys(row)
+    params = [c for c in seen if c.startswith("param.")]
+    scores = [c for c in seen if c.startswith("score.")]
+    return FIXED + params + scores + TRAILING
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns_of(rows), restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return out.getvalue()
+
+
+def name_time(name: str) -> tuple[int, ...]:
+    """A timestamp name (``2026_11_23_8_5_2``, maybe with a ``_1`` suffix) as numbers, so names
+    that are not zero-padded sort by time; other names sort first."""
+    try:
+        return tuple(int(part) for part in name.removesuffix(".yaml").split("_"))
+    except ValueError:
+        return ()
+
+
+def history_versions(chain_dir: Path) -> list[Path]:
+    """The chain's compiled versions, oldest first (the last is the current chain.yaml)."""
+    return sorted((chain_dir / HISTORY_DIR).glob("*.yaml"), key=lambda p: name_time(p.name))
+
+
+def _keep_history(chain_dir: Path, text: str) -> None:
+    """Add ``text`` as the newest version unless it already is: every version a chain.yaml ever
+    had stays in ``history/`` (Snakemake may remove chain.yaml before its job runs)."""
+    versions = history_versions(chain_dir)
+    if versions and versions[-1].read_text(encoding="utf-8") == text:
+        return
+    folder = chain_dir / HISTORY_DIR
+    folder.mkdir(exist_ok=True)
+    base = timestamp_name()
+    name, suffix = base, 0
+    while (folder / f"{name}.yaml").exists():
+        suffix += 1
+        name = f"{base}_{suffix}"
+    write_atomic(folder / f"{name}.yaml", text)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_bytes() != text.encode():
+        write_atomic(path, text)
+
+
+def write_chain_outputs(storage: Path, chain_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``chain.yaml`` (its versions kept in ``history/``) and ``results.csv`` of a chain,
+    each atomically and only when its bytes change."""
+    text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    chain_dir.mkdir(parents=True, exist_ok=True)
+    _keep_history(chain_dir, text)
+    _write_if_changed(chain_dir / "chain.yaml", text)
+    _write_if_changed(chain_dir / RESULTS_CSV, rows_csv(chain_rows(storage, manifest)))
+
+
+def summarize(table: Any) -> Any:
+    """Results rows grouped by chain, step, operation, parameters and input: one row per group and
+    score with that score's ``mean``, ``std`` and ``n`` over the runs. A dataset shared by several
+    runs (a deterministic step) counts once."""
+    import pandas as pd  # pandas only where tables are analysed: not in jobs
+    from pandas.api.types import is_numeric_dtype
+
+    table = table.drop_duplicates(["chain", "step_dir", "dataset"])
+    keys = ["chain", "step", "operation", "input"] + [c for c in table if c.startswith("param.")]
+    parts = []
+    for score in [c for c in table if c.startswith("score.") and is_numeric_dtype(table[c])]:
+        scored = table[table[score].notna()]
+        stats = scored.groupby(keys, dropna=False, sort=True)[score].agg(["mean", "std", "count"])
+        stats = stats.reset_index().rename(columns={"count": "n"})
+        stats.insert(len(keys), "score", score.removeprefix("score."))
+        parts.append(stats)
+    if not parts:
+        return pd.DataFrame(columns=[*keys, "score", "mean", "std", "n"])
+    return pd.concat(parts, ignore_index=True).sort_values(["chain", "step"], kind="stable")
+
+
+def select(table: Any, *, summary: bool, score: str | None, sort: str | None) -> Any:
+    """What ``opchain results`` prints: the rows (or their summary), only those that have
+    ``score`` (and only that score's columns), sorted by ``sort`` (``-`` first: descending; a
+    score or parameter name without its ``score.``/``param.`` prefix is found too)."""
+    if score is not None:
+        column = f"score.{score.removeprefix('score.')}"
+        if column not in table:
+            known = ", ".join(c.removeprefix("score.") for c in table if c.startswith("score."))
+            raise OpchainError(f"no score '{score}' in these results (scores: {known or 'none'})")
+        others = [c for c in table if c.startswith("score.") and c != column]
+        table = table[table[column].notna()].drop(columns=others)
+    if summary:
+        table = summarize(table)
+    if sort:
+        name = sort.removeprefix("-")
+        candidates = [name, f"score.{name}", f"param.{name}"]
+        found = next((c for c in candidates if c in table), None)
+        if found is None:
+            raise OpchainError(f"--sort {sort}: no such column (columns: {', '.join(table)})")
+        table = table.sort_values(found, ascending=not sort.startswith("-"), kind="stable")
+    return table
+
+
+def informative(table: Any) -> Any:
+    """The table as a person reads it to compare results: parameter columns only where they vary
+    within a step, and no column that is empty everywhere."""
+    steps = table.groupby(["chain", "step"], dropna=False)
+    constant = [
+        c for c in table if c.startswith("param.") and steps[c].nunique(dropna=False).max() <= 1
+    ]
+    return table.drop(columns=constant).dropna(axis="columns", how="all")
+
+
+def chain_dirs(storage: Path, names: list[str], configured: list[str]) -> list[Path]:
+    """The chain directories ``names`` (chain names or directory names, any chain under the
+    storage root) or, without names, those of the configured chains (``configured``)."""
+    if not names:
+        return [storage / relative for relative in configured]
+    found: dict[str, list[Path]] = {}
+    for manifest in sorted((storage / "operation_chain_results").glob("*/chain.yaml")):
+        chain = (yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}).get("chain")
+        for key in (chain, manifest.parent.name):
+            found.setdefault(str(key), []).append(manifest.parent)
+    dirs = []
+    for name in names:
+        if name not in found:
+            raise OpchainError(f"no chain '{name}' under {storage / 'operation_chain_results'}")
+        dirs += found[name]
+    return dirs
+
+
+def read_results(path: Path) -> Any:
+    """A results.csv as a DataFrame: floats exactly as written, integer columns with gaps still
+    integers (components 10, not 10.0)."""
+    import pandas as pd
+
+    return pd.read_csv(path, float_precision="round_trip").convert_dtypes()
+
+
+def results_text(
+    dirs: list[Path], fmt: str, *, summary: bool, score: str | None, sort: str | None
+) -> str:
+    """``opchain results``: the results.csv of the chains in ``dirs`` as a table, CSV or JSON."""
+    import pandas as pd
+
+    missing = [d for d in dirs if not (d / RESULTS_CSV).is_file()]
+    if missing:
+        raise OpchainError(f"{missing[0] / RESULTS_CSV}: no results yet (run snakemake)")
+    # Nullable dtypes: integer columns with gaps stay integers (components 10, not 10.0).
+    tables = [read_results(d / RESULTS_CSV) for d in dirs]
+    table = pd.concat(tables, ignore_index=True)
+    table = select(table, summary=summary, score=score, sort=sort)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        records = table.astype(object).where(table.notna(), None).to_dict("records")
+        return json.dumps(records, indent=2, default=lambda v: v.item()) + "\n"
+    shown = informative(table).astype(object)
+    shown = shown.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else v)
+    return shown.to_string(index=False) + "\n"

@@ -1,0 +1,138 @@
+"""The Snakemake report of the shipped example, opened in a real headless browser (chromium), and
+the figures operations make."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from conftest import Project
+
+from opchain.datastore import url_to_path
+from opchain.report import new_figure, save_figures
+
+# Clicks the report app as a person would: each step is a link's text, or css:<selector>.
+NAVIGATE = """<script data-steps='%s'>
+function click(step) {
+  const found = step.startsWith("css:")
+    ? [...document.querySelectorAll(step.slice(4))]
+    : [...document.querySelectorAll("a,button,span,td")].filter(e => e.textContent.trim() === step);
+  const element = found.pop();
+  if (!element) { document.title = "missing: " + step; return; }
+  (element.closest("a,button") || element).click();
+}
+JSON.parse(document.currentScript.dataset.steps).forEach((step, i) =>
+  setTimeout(() => click(step), 1000 * (i + 1)));
+</script>"""
+
+
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (as the SLURM test installs slurm)."""
+    if shutil.which("chromium") is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+            subprocess.run(install, env=env, capture_output=True, check=True)
+    return shutil.which("chromium") or "chromium"
+
+
+def browse(report: Path, steps: list[str], tmp_path: Path, shot: Path | None = None) -> str:
+    """Open ``report`` in headless chromium, click ``steps``; return the rendered DOM, or save a
+    screenshot to ``shot``."""
+    html = report.read_text(encoding="utf-8")
+    end = html.rfind("</body>")
+    page = tmp_path / f"page_{len(list(tmp_path.glob('page_*')))}.html"
+    page.write_text(html[:end] + NAVIGATE % json.dumps(steps) + html[end:], encoding="utf-8")
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               f"--virtual-time-budget={1000 * (len(steps) + 3)}", "--window-size=1400,900",
+               f"--screenshot={shot}" if shot else "--dump-dom", page.as_uri()]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert "<title>missing" not in result.stdout
+    return result.stdout
+
+
+def data_uris(dom: str, mime: str) -> list[bytes]:
+    """The contents of the data: URIs of type ``mime`` that the page shows (img/iframe src)."""
+    found = re.findall(rf'<(?:img|iframe) src="data:{mime};[^"]*?base64,([^"]+)"', dom)
+    return [base64.b64decode(unquote(data)) for data in found]
+
+
+@pytest.fixture(scope="module")
+def report(example: Project) -> Path:
+    example.snakemake("--report", "report.html")
+    return example.root / "report.html"
+
+
+def test_report_shows_the_results_table_of_each_chain(report: Path, tmp_path: Path) -> None:
+    dom = browse(report, ["digits", "results table", "css:a[iconname=eye]"], tmp_path)
+    (table,) = data_uris(dom, "text/html")  # shown in the page, in an iframe
+    text = table.decode()
+    assert "<table" in text and "nearest_centroid" in text and "accuracy" in text
+    assert "param.pca.components" in text and "example_data/digits/first_half" in text
+    for chain in ("digits", "cells"):
+        assert f"<span>{chain}</span>" in browse(report, [], tmp_path)  # one category per chain
+
+
+def test_report_shows_a_score_figure_per_swept_parameter(report: Path, tmp_path: Path) -> None:
+    steps = ["digits", "nearest_centroid", "accuracy by pca.components"]
+    listing = browse(report, steps[:2], tmp_path)
+    assert "accuracy by pca.components" in listing
+    shot = tmp_path / "figure.png"
+    dom = browse(report, [*steps[:2], "css:a[iconname=eye]"], tmp_path)
+    (png,) = data_uris(dom, "image/png")
+    assert png.startswith(b"\x89PNG")
+    # The figure is on screen: the right of the window (the view) is mostly not blank.
+    from matplotlib.image import imread
+
+    browse(report, [*steps[:2], "css:a[iconname=eye]"], tmp_path, shot)
+    pixels = imread(shot)[:, 420:, :3]
+    drawn = (pixels.min(axis=2) < 0.9).mean()
+    assert drawn > 0.01, f"only {drawn:.3%} of the view is drawn"
+
+
+def test_operations_figures_are_saved_as_png_with_datastore_urls(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    folder = storage / "operation_results" / "1" / ".dataset_1.tmp" / "datastore"
+    final = storage / "operation_results" / "1" / "dataset_1" / "datastore"
+    figure = new_figure()
+    figure.subplots().plot(np.arange(5))
+    urls = save_figures({"line": figure}, folder, storage, final)
+    assert urls == {"line": "file:///operation_results/1/dataset_1/datastore/line.png"}
+    assert (folder / "line.png").read_bytes().startswith(b"\x89PNG")
+    final.parent.parent.mkdir(parents=True, exist_ok=True)
+    folder.parent.rename(final.parent)
+    assert url_to_path(urls["line"], storage).is_file()
+
+
+def test_builtin_operations_make_their_figures(tmp_path: Path) -> None:
+    from test_operations import apply, dataset
+
+    source = dataset(tmp_path / "in")
+    _, pca = apply("pca", source, {"matrix": "cell,gene#X", "components": 3})
+    _, kmeans = apply("kmeans", source, {"matrix": "cell,gene#X", "clusters": 3}, seed=0)
+    split, _ = apply("split", source, {"axis": "cell", "test_fraction": 0.5}, seed=0)
+    _, centroid = apply(
+        "nearest_centroid", Path(split.path), {"matrix": "cell,gene#X", "labels": "cell#type"}
+    )
+    made = {name: set(ctx.figures) for name, ctx in
+            [("pca", pca), ("kmeans", kmeans), ("nearest_centroid", centroid)]}  # fmt: skip
+    assert made == {
+        "pca": {"explained_variance", "first_components"},
+        "kmeans": {"cluster_sizes"},
+        "nearest_centroid": {"confusion_matrix"},
+    }
+    (bars,) = kmeans.figures["cluster_sizes"].axes[0].containers
+    assert sum(bar.get_height() for bar in bars) == 40  # every row in one cluster
+    urls = save_figures(centroid.figures, tmp_path / "figures", tmp_path, tmp_path / "figures")
+    assert (tmp_path / "figures" / "confusion_matrix.png").is_file() and len(urls) == 1
