@@ -17,6 +17,7 @@ results' ``metadata.yaml`` and ``chain.yaml`` files, whatever state the index is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -87,28 +88,36 @@ class Index:
         self._next_suffix[(parent, base)] = suffix + 1
         return f"{parent}/{name}"
 
-    def commit(self) -> list[tuple[Reservation, str]]:
+    def commit(self) -> list[tuple[Reservation, str, str]]:
         """Reserve the pending names (Snakemake's onstart: real runs, main process). Returns each
-        reservation with its final directory: the proposed one, or the one another run reserved
-        for the same key meanwhile (adopted), or a fresh name if another run claimed ours."""
+        reservation with its final directory and key: the proposed ones; or, if another run
+        reserved the same fingerprint meanwhile, its directory (adopted); or a fresh name if
+        another run claimed ours; or, for a chain another project created meanwhile under the same
+        name, a key of its own (``name@<hash of its file>``): never another project's chain.yaml."""
         final = []
-        moved: dict[str, str] = {}  # proposed -> final, for the steps under an adopted chain dir
+        moved: dict[str, str] = {}  # proposed -> final, for the steps under a moved chain dir
         for reservation in self.pending:
-            name = reservation.dir
+            name, key = reservation.dir, reservation.key
             parent = name.rpartition("/")[0]
             if moved.get(parent, parent) != parent:
                 name = self._free_name(moved[parent])
-            while not create_exclusive(self._name_path(name), ""):
-                name = self._free_name(name.rsplit("/", 1)[0])
-            entry = json.dumps({**reservation.entry, "dir": name}, sort_keys=True)
-            path = self.root / reservation.kind / reservation.key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not create_exclusive(path, entry):
-                found = self.lookup(reservation.kind, reservation.key)
-                assert found is not None  # entries are never removed by a planner
-                name = found["dir"]
+            while True:
+                while not create_exclusive(self._name_path(name), ""):
+                    name = self._free_name(name.rpartition("/")[0])
+                entry = json.dumps({**reservation.entry, "dir": name}, sort_keys=True)
+                path = self.root / reservation.kind / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if create_exclusive(path, entry):
+                    break
+                found = self.lookup(reservation.kind, key) or {}
+                if found.get("origin") == reservation.entry.get("origin"):
+                    name = found["dir"]  # the same step (or chain): adopt its directory
+                    break
+                origin = str(reservation.entry.get("origin")).encode()
+                key = f"{reservation.key}@{hashlib.sha256(origin).hexdigest()[:8]}"
+                name = self._free_name(name.rpartition("/")[0])
             moved[reservation.dir] = name
-            final.append((reservation, name))
+            final.append((reservation, name, key))
         self.pending.clear()
         self._next_suffix.clear()
         return final

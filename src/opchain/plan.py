@@ -56,6 +56,7 @@ CHAINS_DIR = "operation_chain_results"
 OPERATIONS_DIR = "operation_results"
 FORMATS = ("files", "h5")
 JOBS_DIR = ".opchain/jobs"  # in the working directory: markers and job specs of this run
+TABLES_DIR = ".opchain/chains"  # in the working directory: Snakemake's copies of chain tables
 MAX_BATCH = 100  # datasets per job at most: a cheap dataset costs ~1-5 ms, a job's start ~130 ms
 JOBS_PER_STEP = 16  # auto batches aim at this many jobs per step: every core and node gets work
 DEFAULT_MAX_DATASETS = 1_000_000
@@ -253,17 +254,19 @@ class ChainPlan:
         return [s.marker(b) for s in self.steps for b in s.incomplete]
 
     def changed_folders(self, storage: Path) -> list[str]:
-        """For each incomplete step, its folder (or the nearest existing one above it): deleting
-        a dataset or adding one touches it, which makes chain.yaml out of date in Snakemake's
-        eyes. (Snakemake 9 does not rerun a job for a missing intermediate file, here a marker,
-        while the files downstream of it look up to date.)"""
+        """For each incomplete step, and for the chain if its chain.yaml is gone, its folder (or
+        the nearest existing one above it): deleting a dataset or adding one touches it, which
+        makes the chain's tables out of date in Snakemake's eyes. (Snakemake 9 does not rerun a
+        job for a missing intermediate file, here a marker, while what follows looks done.)"""
+        dirs = [s.dir for s in self.steps if s.incomplete]
+        if not (storage / self.dir / "chain.yaml").is_file():
+            dirs.append(self.dir)
         folders = set()
-        for step in self.steps:
-            if step.incomplete:
-                folder = storage / step.dir
-                while not folder.exists() and folder != storage:
-                    folder = folder.parent
-                folders.add(str(folder))
+        for relative in dirs:
+            folder = storage / relative
+            while not folder.exists() and folder != storage:
+                folder = folder.parent
+            folders.add(str(folder))
         return sorted(folders)
 
     @property
@@ -273,7 +276,15 @@ class ChainPlan:
 
     @property
     def spec_file(self) -> str:
-        return f"{JOBS_DIR}/chains/{self.key}.json"
+        return f"{JOBS_DIR}/chains/{self.spec.name}.json"
+
+    @property
+    def tables(self) -> list[str]:
+        """Snakemake's outputs for the chain: copies, in the working directory, of chain.yaml and
+        results.csv, which are published in the chain's directory. Keeping storage names out of
+        Snakemake's paths lets every name be reserved only when the run starts, so two runs
+        sharing the storage root that plan the same names at once both go through."""
+        return [f"{TABLES_DIR}/{self.spec.name}/{n}" for n in ("chain.yaml", "results.csv")]
 
 
 @dataclass
@@ -309,11 +320,12 @@ class Plan:
     def start(self, snakemake_version: str) -> None:
         """Snakemake's onstart (real runs, main process): reserve the new names (adopting those
         another run reserved for the same fingerprint meanwhile), then write every job's spec."""
-        for reservation, final in self.index.commit():
+        for reservation, final, key in self.index.commit():
             if reservation.kind == "steps":
                 self.steps[reservation.key].dir = final
             else:
-                next(c for c in self.chains if c.key == reservation.key).dir = final
+                chain = next(c for c in self.chains if c.dir == reservation.dir)
+                chain.dir, chain.key = final, key
         for step in self.steps.values():
             for b in step.incomplete:
                 spec = step.job_spec(b, self.storage, snakemake_version)

@@ -32,13 +32,14 @@ for operation, resources in PLAN.operation_rules.items():
 
 rule chain_manifest:
     """chain.yaml (the compiled chain with every step directory) and results.csv (one row per
-    result dataset), rewritten when the chain's steps or any of its results change."""
+    result dataset) in the chain's directory, rewritten when the chain's steps or any of its
+    results change; the outputs are their copies in the working directory."""
     input:
         markers=chain_markers,
         folders=chain_folders,
     output:
-        chain=f"{STORAGE}/operation_chain_results/{{chain}}/chain.yaml",
-        table=f"{STORAGE}/operation_chain_results/{{chain}}/results.csv",
+        chain=f"{TABLES_DIR}/{{chain}}/chain.yaml",
+        table=f"{TABLES_DIR}/{{chain}}/results.csv",
     params:
         key=chain_key,
         spec=chain_spec_file,

@@ -7,7 +7,7 @@ from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import validate
 
 from opchain.errors import OpchainError
-from opchain.plan import JOBS_DIR, plan_from_config
+from opchain.plan import JOBS_DIR, TABLES_DIR, plan_from_config
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -37,11 +37,7 @@ def targets():
     """What `rule all` asks for: each chain's tables, or the single operation's missing batches."""
     if PLAN.operation_steps:
         return [s.marker(b) for s in PLAN.operation_steps for b in s.incomplete]
-    return [
-        f"{STORAGE}/{chain.dir}/{name}"
-        for chain in PLAN.chains
-        for name in ("chain.yaml", "results.csv")
-    ]
+    return [table for chain in PLAN.chains for table in chain.tables]
 
 
 def step_of(wildcards):
@@ -58,7 +54,7 @@ def batch_message(wildcards):
 
 
 def chain_of(wildcards):
-    return next(c for c in PLAN.chains if c.dir == f"operation_chain_results/{wildcards.chain}")
+    return next(c for c in PLAN.chains if c.spec.name == wildcards.chain)
 
 
 def chain_markers(wildcards):

@@ -5,9 +5,7 @@
 def report_targets():
     """What `rule all` asks for besides the chains: each chain's report files."""
     return [
-        f"{STORAGE}/{chain.dir}/report/{name}"
-        for chain in PLAN.chains
-        for name in ("results.html", "figures")
+        f"reports/{chain.spec.name}/{name}" for chain in PLAN.chains for name in ("results.html", "figures")
     ]
 
 
@@ -18,17 +16,17 @@ def chain_name(wildcards):
 rule chain_report:
     """The results table and the figures of one chain, for Snakemake's report."""
     input:
-        f"{STORAGE}/operation_chain_results/{{chain}}/results.csv",
+        f"{TABLES_DIR}/{{chain}}/results.csv",
     output:
         table=report(
-            f"{STORAGE}/operation_chain_results/{{chain}}/report/results.html",
+            "reports/{chain}/results.html",
             category=chain_name,
             subcategory="results table",
             caption="../report/table.rst",
             labels={"figure": "results table"},
         ),
         figures=report(
-            directory(f"{STORAGE}/operation_chain_results/{{chain}}/report/figures"),
+            directory("reports/{chain}/figures"),
             patterns=["{operation}/{figure}.png"],
             category=chain_name,
             subcategory="{operation}",
@@ -38,6 +36,7 @@ rule chain_report:
     params:
         chain=chain_name,
         runs=lambda wildcards: chain_of(wildcards).spec.runs,
+        storage=STORAGE,
     log:
         "logs/{chain}/chain_report.log",
     localrule: True
