@@ -4,6 +4,7 @@ problem (``<file>[:<line>]: <problem>``), never read as data nor crashing inside
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from daf_fuzz import Mutation, make_dataset, mutations, run_one
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opchain.daf import H5Writer, Reader, Writer, open_reader
 from opchain.daf.files import FilesWriter
@@ -355,3 +359,26 @@ def test_h5_truncated_after_opening(h5_ds: Path) -> None:
     assert str(error.value) == (
         f"{h5_ds}:/cell,gene#UMIs: truncated HDF5 file: {end - 4} bytes, but the data ends at {end}"
     )
+
+
+# Fuzzing -----------------------------------------------------------------------------------------
+# benchmarks/fuzz.py runs the same with 10,000+ examples and prints the outcome counts.
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module", params=["files", "h5"])
+def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(request.param, tmp_path_factory.mktemp(request.param))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_dataset_reads_consistently_or_gives_one_opchain_line(
+    template: Path, data: st.DataObject
+) -> None:
+    store = "files" if template.is_dir() else "h5"
+    mutation: Mutation = data.draw(mutations(store))
+    folder = Path(tempfile.mkdtemp(dir=template.parent))
+    result, detail = run_one(template, folder, mutation)
+    assert result in ("correct", "opchain error"), detail
