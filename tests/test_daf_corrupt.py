@@ -4,6 +4,7 @@ problem (``<file>[:<line>]: <problem>``), never read as data nor crashing inside
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,9 @@ FILES_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("header without version",
      lambda ds: (ds / "__daf__.yaml").write_text("{}\n"),
      "{ds}/__daf__.yaml: malformed daf header (expected a version key)"),
+    ("missing dataset",
+     lambda ds: shutil.rmtree(ds),
+     "{ds}: missing daf dataset"),
     ("missing header",
      lambda ds: (ds / "__daf__.yaml").unlink(),
      "{ds}: not a daf dataset (no __daf__.yaml nor data.h5)"),
@@ -170,6 +174,12 @@ FILES_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
     ("impossible date in an item",
      lambda ds: (ds / "organism.yaml").write_text("2022-13-45\n"),
      "{ds}/organism.yaml: malformed YAML (month must be in 1..12)"),
+    ("item nested 100,000 deep",
+     lambda ds: (ds / "organism.yaml").write_text("[" * 100_000 + "]" * 100_000),
+     "{ds}/organism.yaml: malformed YAML (maximum recursion depth exceeded..."),
+    ("sidecar nested 100,000 deep",
+     lambda ds: (ds / "cell#score.yaml").write_text("- " * 100_000 + "x\n"),
+     "{ds}/cell#score.yaml: malformed YAML (maximum recursion depth exceeded..."),
     ("duplicate axis entries",
      lambda ds: (ds / "gene#.csv").write_text("gene\ng1\ng1\n"),
      "{ds}/gene#.csv:3: duplicate axis entry: 'g1'"),
@@ -325,6 +335,8 @@ H5_CASES: list[tuple[str, Callable[[Path], Any], str]] = [
      "{ds}:/cell#type: string not UTF-8"),
     ("malformed YAML item", set_attr("__daf__", "organism", np.void(b"[unclosed")),
      "{ds}:/__daf__@organism: malformed YAML item (..."),
+    ("missing dataset", lambda ds: ds.unlink(),
+     "{ds}: missing daf dataset"),
     ("missing header", h5_edit(lambda f: f.__delitem__("__daf__")),
      "{ds}: not a daf dataset (no /__daf__)"),
     ("header of another major version", setter("__daf__", [3, 0]),

@@ -45,7 +45,8 @@ Readers ignore every other file and every subdirectory, and also ``metadata.yaml
 without its sidecar is ignored (writers write the data first and the sidecar last). A sidecar
 without its data, data whose axis file is missing, or a name stored both as strings and as binary
 is refused when the dataset is opened; corrupt content (malformed YAML or CSV, unknown dtype,
-truncated files, shapes that don't match the axes) when the data is read.
+truncated files, shapes that don't match the axes, an invalid CSR structure) when the data is
+read.
 
 Compared with the HDF5 store: every binary datum is its own memory-mappable file (one file
 descriptor per mapped datum), plain tools (``ls``, ``make``, ``numpy.fromfile``) work on it, and
@@ -120,11 +121,17 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long strings are fine; the 
 #: libyaml's loader when available (same results as ``yaml.safe_load``, much faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: libyaml recurses in C and crashes the process on input nested ~30,000 deep, so text with more
+#: characters that can open a collection than this is left to PyYAML's loader (a RecursionError).
+MAX_FAST_NESTING = 1000
+
 
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as file:
-            return yaml.load(file, Loader=_LOADER)
+            text = file.read()
+        openers = sum(map(text.count, "[{-:?"))
+        return yaml.load(text, Loader=_LOADER if openers <= MAX_FAST_NESTING else yaml.SafeLoader)
     except OSError as error:
         raise DafError(f"{path}: can't read the file ({error.strerror})") from None
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as error:

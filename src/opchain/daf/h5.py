@@ -19,7 +19,8 @@ Binary datasets are written contiguous (no chunking, no compression, storage all
 created) straight at their file offset, and read by memory-mapping that region of the file
 (``dataset.id.get_offset()`` + a read-only ``numpy.memmap``): no copy. Datasets that can't be
 mapped (chunked, compressed, big-endian) are read into memory instead. Other objects in the file
-are ignored. Written bytes depend only on the data (no timestamps).
+are ignored. Written bytes depend only on the data (no timestamps). What h5py raises on a damaged
+file becomes a :class:`~opchain.errors.DafError` naming the file and the HDF5 object.
 
 Compared with the files store: one file (one descriptor, easy to move around) but opaque to
 plain tools, and the whole file is rewritten to change anything.

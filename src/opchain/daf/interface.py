@@ -20,7 +20,9 @@ writers refuse those names. String values may not hold NUL characters.
 
 Public methods check names and preconditions and raise :class:`~opchain.errors.DafError` with
 uniform messages (``missing axis: cell in the dataset: <path>``), then hand off to the small
-abstract ``_methods`` a backend implements.
+abstract ``_methods`` a backend implements. Corrupt data (malformed files, sizes, dtypes or shapes
+that don't match, an invalid CSR structure, a damaged HDF5 file) is refused by either store with
+one line that starts with the file (and line) at fault: ``<file>[:<line>]: <problem>``.
 
 Binary data comes back memory-mapped and read-only (no copy); string data as read-only object
 arrays of ``str`` / ``None``. 2D data stored as ``columns,rows#property`` is found when
