@@ -229,8 +229,10 @@ def check_csr(
     decreases = indptr[1:] < indptr[:-1]
     if decreases.any():
         raise DafError(f"{names['indptr']}: indptr decreases at row {int(decreases.argmax())}")
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= shape[1]):
-        bad = int(np.flatnonzero((indices < 0) | (indices >= shape[1]))[0])
+    # Viewed as unsigned, a negative index is huge: one max() checks both ends of the range.
+    unsigned = indices.view(indices.dtype.str.replace("i", "u"))
+    if nnz and int(unsigned.max()) >= shape[1]:
+        bad = int(np.flatnonzero(unsigned >= shape[1])[0])
         raise DafError(
             f"{names['indices']}: column index {int(indices[bad])} at position {bad} is out of "
             f"the range [0, {shape[1]})"
