@@ -11,10 +11,10 @@ Directory layout (every name is the daf name, so names must be valid file names)
     <axis>#<prop>.csv            1D strings: header "<axis>,<prop>" ("<prop>.value" when prop is
                                  the axis name); rows in axis order, missing (None) entries left out
     <axis>#<prop>.yaml/.array    1D binary: the sidecar and the raw data
-    <rows>,<cols>#<prop>.csv     2D strings: header "<rows>,<cols>,<prop>" (".row"/".column"
-                                 suffixes when the axes are the same, then ".value" when the
-                                 prop equals one of those headers); rows in row-major order,
-                                 None left out
+    <rows>,<cols>#<prop>.csv     2D strings: header "<rows>,<cols>,<prop>" (".value" when the
+                                 prop equals an axis name; ".row"/".column" suffixes when the
+                                 axes are the same, then ".value" again when the prop equals one
+                                 of those headers); rows in row-major order, None left out
     <rows>,<cols>#<prop>.yaml    2D binary sidecar, with either the row-major dense data
           .array                 ... or the CSR sparse data:
           .data/.indices/.indptr
@@ -45,7 +45,8 @@ Readers ignore every other file and every subdirectory, and also ``metadata.yaml
 without its sidecar is ignored (writers write the data first and the sidecar last). A sidecar
 without its data, data whose axis file is missing, or a name stored both as strings and as binary
 is refused when the dataset is opened; corrupt content (malformed YAML or CSV, unknown dtype,
-truncated files, shapes that don't match the axes) when the data is read.
+truncated files, shapes that don't match the axes, an invalid CSR structure) when the data is
+read.
 
 Compared with the HDF5 store: every binary datum is its own memory-mappable file (one file
 descriptor per mapped datum), plain tools (``ls``, ``make``, ``numpy.fromfile``) work on it, and
@@ -120,16 +121,23 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long strings are fine; the 
 #: libyaml's loader when available (same results as ``yaml.safe_load``, much faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+#: libyaml recurses in C and crashes the process on input nested ~30,000 deep, so text with more
+#: characters that can open a collection than this is left to PyYAML's loader (a RecursionError).
+MAX_FAST_NESTING = 1000
+
 
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as file:
-            return yaml.load(file, Loader=_LOADER)
-    except FileNotFoundError:
-        raise DafError(f"missing file: {path}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+            text = file.read()
+        openers = sum(map(text.count, "[{-:?"))
+        return yaml.load(text, Loader=_LOADER if openers <= MAX_FAST_NESTING else yaml.SafeLoader)
+    except OSError as error:
+        raise DafError(f"{path}: can't read the file ({error.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError: a value YAML's resolver accepts but can't build (e.g. the date 2022-13-45)
         problem = " ".join(str(error).split())
-        raise DafError(f"malformed YAML file: {path} ({problem})") from None
+        raise DafError(f"{path}: malformed YAML ({problem})") from None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -146,10 +154,10 @@ def _read_csv(path: Path, header: list[list[str]], width: int) -> tuple[list[lis
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
             text = file.read()
-    except FileNotFoundError:
-        raise DafError(f"missing file: {path}") from None
+    except OSError as error:
+        raise DafError(f"{path}: can't read the file ({error.strerror})") from None
     except UnicodeDecodeError as error:
-        raise DafError(f"malformed CSV file: {path} (not UTF-8: {error.reason})") from None
+        raise DafError(f"{path}: malformed CSV (not UTF-8: {error.reason})") from None
     if '"' not in text and "\r" not in text:  # the common case: one line per row, no quoting
         all_lines = text.split("\n")
         numbers = [number for number, line in enumerate(all_lines, start=1) if line]
@@ -170,27 +178,23 @@ def _read_csv(path: Path, header: list[list[str]], width: int) -> tuple[list[lis
                     rows.append(fields)
                     numbers.append(reader.line_num)
         except csv.Error as error:
-            raise DafError(
-                f"malformed CSV file: {path} (line {reader.line_num}: {error})"
-            ) from None
+            raise DafError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
         for number, fields in zip(numbers[1:], rows[1:], strict=True):
             _check_width(path, number, len(fields), width)
         columns = [[fields[column] for fields in rows[1:]] for column in range(width)]
     if not rows:
-        raise DafError(f"malformed CSV file: {path} (empty, expected the header: {header[0]})")
+        raise DafError(f"{path}: malformed CSV (empty, expected the header: {','.join(header[0])})")
     if rows[0] not in header:
         raise DafError(
-            f"malformed CSV file: {path} "
-            f"(header: {','.join(rows[0])}, expected: {','.join(header[0])})"
+            f"{path}:{numbers[0]}: malformed CSV header: {','.join(rows[0])} "
+            f"(expected: {','.join(header[0])})"
         )
     return columns, numbers[1:]
 
 
 def _check_width(path: Path, line: int, found: int, width: int) -> None:
     if found != width:
-        raise DafError(
-            f"malformed CSV file: {path} (line {line}: {found} fields, expected {width})"
-        )
+        raise DafError(f"{path}:{line}: malformed CSV ({found} fields, expected {width})")
 
 
 def _csv_field(value: str) -> str:
@@ -208,14 +212,19 @@ def _headers_1d(axis: str, prop: str) -> list[list[str]]:
 
 
 def _headers_2d(rows: str, cols: str, prop: str) -> list[list[str]]:
-    """The header the reference writes first, then one other reading of the rule in its docs."""
+    """The header the reference writes, then the one opchain wrote before (``g,g#g`` had
+    ``g.row,g.column,g``), still read.
+
+    The reference suffixes ``.value`` to a property named like an axis, then suffixes ``.row`` /
+    ``.column`` to identical axes, then ``.value`` again to a property named like those.
+    """
     rows_header, cols_header = (rows + ".row", cols + ".column") if rows == cols else (rows, cols)
-    canonical = [rows_header, cols_header, prop]
-    if prop in (rows_header, cols_header):
-        canonical[2] = prop + ".value"
-    headers = [canonical]
-    if prop in (rows, cols) and canonical[2] == prop:
-        headers.append([rows_header, cols_header, prop + ".value"])
+    value = prop + ".value" if prop in (rows, cols) else prop
+    if value in (rows_header, cols_header):
+        value += ".value"
+    headers = [[rows_header, cols_header, value]]
+    if prop in (rows, cols) and prop not in (rows_header, cols_header):
+        headers.append([rows_header, cols_header, prop])
     return headers
 
 
@@ -229,13 +238,13 @@ class FilesReader(Reader):
         directory = Path(path)
         if not directory.is_dir():
             problem = "not a directory" if directory.exists() else "missing"
-            raise DafError(f"{problem} dataset directory: {directory}")
+            raise DafError(f"{directory}: {problem} dataset directory")
         header = directory / "__daf__.yaml"
         if not header.is_file():
-            raise DafError(f"not a daf dataset (no __daf__.yaml): {directory}")
+            raise DafError(f"{directory}: not a daf dataset (no __daf__.yaml)")
         content = _load_yaml(header)
         if not isinstance(content, dict) or "version" not in content:
-            raise DafError(f"malformed daf header (expected a version key): {header}")
+            raise DafError(f"{header}: malformed daf header (expected a version key)")
         check_version(content["version"], str(header))
         self._start(directory)
         self._scan()
@@ -251,7 +260,7 @@ class FilesReader(Reader):
         try:
             names = {entry.name for entry in os.scandir(self._dir) if entry.is_file()}
         except OSError as error:
-            raise DafError(f"can't list the dataset: {self._dir} ({error.strerror})") from None
+            raise DafError(f"{self._dir}: can't list the dataset ({error.strerror})") from None
         data: list[tuple[tuple[str, ...], str, str]] = []
         for name in sorted(names):
             stem, dot, suffix = name.rpartition(".")
@@ -274,8 +283,7 @@ class FilesReader(Reader):
             else:
                 if f"{stem}.csv" in names:
                     raise DafError(
-                        f"both string and binary data: {self._dir / stem}.csv and .yaml "
-                        f"in the dataset: {self.path}"
+                        f"{self._dir / stem}.csv: both string and binary data (also {stem}.yaml)"
                     )
                 kind = self._binary_kind(stem, names, len(axes))
             data.append((axes, prop, kind))
@@ -284,8 +292,8 @@ class FilesReader(Reader):
                 if axis not in self._axes:
                     suffix = "csv" if kind == "csv" else "yaml"
                     raise DafError(
-                        f"missing axis file: {self._dir / axis}#.csv for the data file: "
-                        f"{self._dir / ','.join(axes)}#{prop}.{suffix}"
+                        f"{self._dir / ','.join(axes)}#{prop}.{suffix}: "
+                        f"missing axis file: {axis}#.csv"
                     )
             if len(axes) == 1:
                 self._vectors.setdefault(axes[0], {})[prop] = kind
@@ -297,21 +305,19 @@ class FilesReader(Reader):
         dense = f"{stem}.array" in names
         sparse = [f"{stem}.{suffix}" in names for suffix in SPARSE_SUFFIXES]
         if dense and any(sparse):
-            raise DafError(f"both dense (.array) and sparse data files for the sidecar: {sidecar}")
+            raise DafError(f"{sidecar}: both dense (.array) and sparse data files")
         if dense:
             return "array"
         if all(sparse):
             if ndim == 1:
-                raise DafError(f"sparse data files for the 1D sidecar: {sidecar}")
+                raise DafError(f"{sidecar}: sparse data files for 1D data")
             return "sparse"
         if any(sparse):
             missing = next(
                 s for s, present in zip(SPARSE_SUFFIXES, sparse, strict=True) if not present
             )
-            raise DafError(
-                f"missing data file: {self._dir / stem}.{missing} for the sidecar: {sidecar}"
-            )
-        raise DafError(f"missing data file: {self._dir / stem}.array for the sidecar: {sidecar}")
+            raise DafError(f"{sidecar}: missing data file: {stem}.{missing}")
+        raise DafError(f"{sidecar}: missing data file: {stem}.array")
 
     # Reading
 
@@ -326,13 +332,14 @@ class FilesReader(Reader):
 
     def _axis_entries(self, axis: str) -> np.ndarray:
         path = self._dir / f"{axis}#.csv"
-        entries = _read_csv(path, [[axis]], 1)[0][0]
+        (entries,), numbers = _read_csv(path, [[axis]], 1)
         unique = set(entries)
         if "" in unique:
-            raise DafError(f"empty entry in the axis file: {path}")
+            raise DafError(f"{path}:{numbers[entries.index('')]}: empty axis entry")
         if len(unique) != len(entries):
             duplicate = first_duplicate(entries)
-            raise DafError(f"duplicate entry: {duplicate!r} in the axis file: {path}")
+            line = numbers[entries.index(duplicate, entries.index(duplicate) + 1)]
+            raise DafError(f"{path}:{line}: duplicate axis entry: {duplicate!r}")
         return frozen_copy(np.array(entries, dtype=object))
 
     def _axis_size(self, axis: str) -> int:
@@ -387,7 +394,8 @@ class FilesReader(Reader):
         data = map_file(self._dir / f"{stem}.data", dtypes["data_dtype"], (nnz,))
         indices = map_file(self._dir / f"{stem}.indices", dtypes["indices_dtype"], (nnz,))
         indptr = map_file(self._dir / f"{stem}.indptr", dtypes["indptr_dtype"], (shape[0] + 1,))
-        return make_csr(data, indices, indptr, (shape[0], shape[1]), f"{self._dir / stem}.*")
+        names = {part: f"{self._dir / stem}.{part}" for part in SPARSE_SUFFIXES}
+        return make_csr(data, indices, indptr, (shape[0], shape[1]), names)
 
     def _read_sidecar(
         self, stem: str, axes: tuple[str, ...], sparse: bool
@@ -395,7 +403,7 @@ class FilesReader(Reader):
         path = self._dir / f"{stem}.yaml"
         content = _load_yaml(path)
         if not isinstance(content, dict):
-            raise DafError(f"malformed sidecar (expected a mapping): {path}")
+            raise DafError(f"{path}: malformed sidecar (expected a mapping)")
         check_version(content.get("version"), str(path))
         shape = content.get("shape")
         if not (
@@ -404,12 +412,12 @@ class FilesReader(Reader):
             and all(isinstance(size, int) and not isinstance(size, bool) for size in shape)
             and all(size >= 0 for size in shape)
         ):
-            raise DafError(f"malformed shape: {shape!r} in the sidecar: {path}")
+            raise DafError(f"{path}: malformed shape: {shape!r}")
         sizes = [self.axis_size(axis) for axis in axes]
         if shape != sizes:
             raise DafError(
-                f"shape mismatch: {shape} in the sidecar: {path} but the axes: {','.join(axes)} "
-                f"have {sizes} entries"
+                f"{path}: shape {shape} does not match the axes {','.join(axes)} with {sizes} "
+                f"entries"
             )
         keys = ("data_dtype", "indices_dtype", "indptr_dtype") if sparse else ("dtype",)
         dtypes: dict[str, np.dtype] = {}
@@ -417,16 +425,15 @@ class FilesReader(Reader):
             value = content.get(key)
             allowed = DTYPES if key in ("dtype", "data_dtype") else INDEX_DTYPES
             if not isinstance(value, str):
-                raise DafError(f"malformed {key}: {value!r} in the sidecar: {path}")
+                raise DafError(f"{path}: malformed {key}: {value!r}")
             if value not in allowed:
                 raise DafError(
-                    f"unknown dtype: {value} for {key} in the sidecar: {path} "
-                    f"(expected one of: {', '.join(allowed)})"
+                    f"{path}: unknown {key}: {value} (expected one of: {', '.join(allowed)})"
                 )
             dtypes[key] = np.dtype(value).newbyteorder("<")
         nnz = content.get("nnz", 0)
         if sparse and not (isinstance(nnz, int) and not isinstance(nnz, bool) and nnz >= 0):
-            raise DafError(f"malformed nnz: {nnz!r} in the sidecar: {path}")
+            raise DafError(f"{path}: malformed nnz: {nnz!r}")
         return shape, dtypes, nnz
 
     def _read_strings(
@@ -441,16 +448,12 @@ class FilesReader(Reader):
             positions = [index.get(entry, -1) for entry in column]
             if -1 in positions:
                 row = positions.index(-1)
-                raise DafError(
-                    f"unknown {axis} entry: {column[row]!r} in line {numbers[row]} of: {path}"
-                )
+                raise DafError(f"{path}:{numbers[row]}: unknown {axis} entry: {column[row]!r}")
             flat = [at * size + position for at, position in zip(flat, positions, strict=True)]
         if len(set(flat)) != len(flat):
             row = flat.index(first_duplicate(flat))
             row = flat.index(flat[row], row + 1)
-            raise DafError(
-                f"duplicate value for the same entries in line {numbers[row]} of: {path}"
-            )
+            raise DafError(f"{path}:{numbers[row]}: duplicate value for the same entries")
         values = np.full(shape, None, dtype=object)
         values.reshape(-1)[flat] = columns[-1]
         return frozen(values)

@@ -19,7 +19,8 @@ Binary datasets are written contiguous (no chunking, no compression, storage all
 created) straight at their file offset, and read by memory-mapping that region of the file
 (``dataset.id.get_offset()`` + a read-only ``numpy.memmap``): no copy. Datasets that can't be
 mapped (chunked, compressed, big-endian) are read into memory instead. Other objects in the file
-are ignored. Written bytes depend only on the data (no timestamps).
+are ignored. Written bytes depend only on the data (no timestamps). What h5py raises on a damaged
+file becomes a :class:`~opchain.errors.DafError` naming the file and the HDF5 object.
 
 Compared with the files store: one file (one descriptor, easy to move around) but opaque to
 plain tools, and the whole file is rewritten to change anything.
@@ -84,8 +85,9 @@ def _decode_item(value: Any, what: str) -> Any:
     if isinstance(value, np.void):
         try:
             return yaml.safe_load(value.tobytes().decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise DafError(f"malformed YAML item: {what} ({error})") from None
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            problem = " ".join(str(error).split())
+            raise DafError(f"{what}: malformed YAML item ({problem})") from None
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray | np.generic):
@@ -93,6 +95,17 @@ def _decode_item(value: Any, what: str) -> Any:
     if isinstance(value, list):
         return [_decode_item(element, what) for element in value]
     return value
+
+
+@contextmanager
+def _h5_errors(what: str, problem: str = "unreadable HDF5 data") -> Iterator[None]:
+    """Turn what h5py raises on a damaged file (``OSError`` from HDF5 mostly, but also
+    ``KeyError``, ``ValueError``, ``TypeError`` or ``RuntimeError``) into one line naming it."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+        detail = " ".join(str(error).split())
+        raise DafError(f"{what}: {problem} ({type(error).__name__}: {detail})") from None
 
 
 def _encode_item(value: Any, what: str) -> Any:
@@ -126,7 +139,7 @@ def _decode_strings(raw: np.ndarray, what: str) -> np.ndarray:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
-                raise DafError(f"string not UTF-8 in: {what}") from None
+                raise DafError(f"{what}: string not UTF-8") from None
         flat[index] = value
     return values
 
@@ -159,13 +172,12 @@ class H5Reader(Reader):
             where = Path(path)
             if not where.is_file():
                 problem = "not a file" if where.exists() else "missing"
-                raise DafError(f"{problem} HDF5 dataset: {where}")
-            try:
+                raise DafError(f"{where}: {problem} HDF5 dataset")
+            with _h5_errors(str(where), "not a readable HDF5 file"):
                 self._file = h5py.File(where, "r")
-            except OSError as error:
-                raise DafError(f"not a readable HDF5 file: {where} ({error})") from None
             self._start(self._file)
-        self._scan()
+        with _h5_errors(self.path):
+            self._scan()
 
     def _start(self, group: h5py.Group) -> None:
         self._group = group
@@ -182,10 +194,10 @@ class H5Reader(Reader):
     def _scan(self) -> None:
         header = self._group.get("__daf__")
         if not isinstance(header, h5py.Dataset):
-            raise DafError(f"not a daf dataset (no /__daf__): {self.path}")
+            raise DafError(f"{self.path}: not a daf dataset (no /__daf__)")
         version = header[()]
         if not (isinstance(version, np.ndarray) and version.dtype.kind in "iu"):
-            raise DafError(f"malformed daf format version: {version!r} in: {self.path}:/__daf__")
+            raise DafError(f"{self.path}:/__daf__: malformed daf format version: {version!r}")
         check_version(version.tolist(), f"{self.path}:/__daf__")
         self._items = {name: None for name in header.attrs if _valid_item(name)}
         data: list[tuple[tuple[str, ...], str, h5py.Dataset | h5py.Group]] = []
@@ -210,9 +222,7 @@ class H5Reader(Reader):
         for axes, prop, node in data:
             for axis in axes:
                 if axis not in self._axes:
-                    raise DafError(
-                        f"missing axis: /{axis}# for the data: {node.name} in: {self.path}"
-                    )
+                    raise DafError(f"{self.path}:{node.name}: missing axis: /{axis}#")
             if len(axes) == 1:
                 self._vectors.setdefault(axes[0], {})[prop] = node
             else:
@@ -224,49 +234,62 @@ class H5Reader(Reader):
         return self._items
 
     def _get_item(self, name: str) -> Any:
-        return _decode_item(self._group["__daf__"].attrs[name], f"{self.path}:/__daf__@{name}")
+        what = f"{self.path}:/__daf__@{name}"
+        with _h5_errors(what):
+            return _decode_item(self._group["__daf__"].attrs[name], what)
 
     def _axis_names(self) -> dict[str, h5py.Dataset]:
         return self._axes
 
     def _axis_size(self, axis: str) -> int:
-        return int(self._axes[axis].shape[0])
+        return int(self._axis_dataset(axis).shape[0])
+
+    def _axis_dataset(self, axis: str) -> h5py.Dataset:
+        dataset = self._axes[axis]
+        if dataset.ndim != 1 or dataset.dtype.kind not in "SO":
+            raise DafError(f"{self.path}:{dataset.name}: malformed axis (not a vector of strings)")
+        return dataset
 
     def _axis_entries(self, axis: str) -> np.ndarray:
-        dataset = self._axes[axis]
+        dataset = self._axis_dataset(axis)
         what = f"{self.path}:{dataset.name}"
-        if dataset.ndim != 1 or dataset.dtype.kind not in "SO":
-            raise DafError(f"malformed axis (expected a vector of strings): {what}")
-        entries = _decode_strings(dataset[()], what)
-        unique = set(entries)
+        with _h5_errors(what):
+            entries = _decode_strings(dataset[()], what)
+        unique = set(entries.tolist())
         if "" in unique or None in unique:
-            raise DafError(f"empty or missing entry in the axis: {what}")
+            raise DafError(f"{what}: empty or missing axis entry")
         if len(unique) != len(entries):
-            raise DafError(f"duplicate entry: {first_duplicate(entries)!r} in the axis: {what}")
+            raise DafError(f"{what}: duplicate axis entry: {first_duplicate(entries)!r}")
         return frozen_copy(entries)
 
     def _data1d_names(self, axis: str) -> dict[str, h5py.Dataset]:
         return self._vectors.get(axis, {})
 
     def _get_data1d(self, axis: str, prop: str) -> np.ndarray:
-        return self._read_dense(self._vectors[axis][prop], (axis,))
+        dataset = self._vectors[axis][prop]
+        with _h5_errors(f"{self.path}:{dataset.name}"):
+            return self._read_dense(dataset, (axis,))
 
     def _data2d_names(self, rows: str, columns: str) -> dict[str, Any]:
         return self._matrices.get((rows, columns), {})
 
     def _get_data2d(self, rows: str, columns: str, prop: str) -> Matrix:
         node = self._matrices[(rows, columns)][prop]
-        if isinstance(node, h5py.Dataset):
-            return self._read_dense(node, (rows, columns))
+        with _h5_errors(f"{self.path}:{node.name}"):
+            if isinstance(node, h5py.Dataset):
+                return self._read_dense(node, (rows, columns))
+            return self._read_sparse(node, (rows, columns))
+
+    def _read_sparse(self, node: h5py.Group, axes: tuple[str, str]) -> Matrix:
         what = f"{self.path}:{node.name}"
-        shape = node.attrs.get("shape")
-        sizes = (self.axis_size(rows), self.axis_size(columns))
-        if shape is None or np.asarray(shape).shape != (2,):
-            raise DafError(f"malformed or missing shape attribute of the sparse group: {what}")
-        if tuple(int(size) for size in shape) != sizes:
+        shape = np.asarray(node.attrs.get("shape"))
+        sizes = (self.axis_size(axes[0]), self.axis_size(axes[1]))
+        if shape.shape != (2,) or shape.dtype.kind not in "iu":
+            raise DafError(f"{what}: malformed or missing shape attribute: {shape.tolist()!r}")
+        if tuple(shape.tolist()) != sizes:
             raise DafError(
-                f"shape mismatch: {list(map(int, shape))} of: {what} but the axes: "
-                f"{rows},{columns} have {list(sizes)} entries"
+                f"{what}: shape {shape.tolist()} does not match the axes {','.join(axes)} with "
+                f"{list(sizes)} entries"
             )
         parts = {}
         for part, allowed in (
@@ -276,22 +299,23 @@ class H5Reader(Reader):
         ):
             dataset = node[part]
             if dataset.ndim != 1 or dataset.dtype.name not in allowed:
-                raise DafError(f"unsupported dtype: {dataset.dtype} of: {what}/{part}")
+                raise DafError(f"{what}/{part}: unsupported dtype: {dataset.dtype}")
             parts[part] = self._map(dataset)
-        return make_csr(parts["data"], parts["indices"], parts["indptr"], sizes, what)
+        names = {part: f"{what}/{part}" for part in parts}
+        return make_csr(parts["data"], parts["indices"], parts["indptr"], sizes, names)
 
     def _read_dense(self, dataset: h5py.Dataset, axes: tuple[str, ...]) -> np.ndarray:
         what = f"{self.path}:{dataset.name}"
         sizes = tuple(self.axis_size(axis) for axis in axes)
         if dataset.shape != sizes:
             raise DafError(
-                f"shape mismatch: {list(dataset.shape)} of: {what} but the axes: "
-                f"{','.join(axes)} have {list(sizes)} entries"
+                f"{what}: shape {list(dataset.shape or ())} does not match the axes "
+                f"{','.join(axes)} with {list(sizes)} entries"
             )
         if dataset.dtype.kind in "SO":
             return frozen(_decode_strings(dataset[()], what))
         if dataset.dtype.name not in DTYPES:
-            raise DafError(f"unsupported dtype: {dataset.dtype} of: {what}")
+            raise DafError(f"{what}: unsupported dtype: {dataset.dtype}")
         return self._map(dataset)
 
     def _map(self, dataset: h5py.Dataset) -> np.ndarray:
@@ -315,8 +339,8 @@ class H5Reader(Reader):
         found = os.path.getsize(self._filename)
         if found < end:
             raise DafError(
-                f"truncated HDF5 file: {self._filename} has {found} bytes, but the data of: "
-                f"{dataset.name} ends at {end}"
+                f"{self._filename}:{dataset.name}: truncated HDF5 file: {found} bytes, but the "
+                f"data ends at {end}"
             )
         return map_region(self._filename, dtype, dataset.shape, offset)
 

@@ -20,7 +20,9 @@ writers refuse those names. String values may not hold NUL characters.
 
 Public methods check names and preconditions and raise :class:`~opchain.errors.DafError` with
 uniform messages (``missing axis: cell in the dataset: <path>``), then hand off to the small
-abstract ``_methods`` a backend implements.
+abstract ``_methods`` a backend implements. Corrupt data (malformed files, sizes, dtypes or shapes
+that don't match, an invalid CSR structure, a damaged HDF5 file) is refused by either store with
+one line that starts with the file (and line) at fault: ``<file>[:<line>]: <problem>``.
 
 Binary data comes back memory-mapped and read-only (no copy); string data as read-only object
 arrays of ``str`` / ``None``. 2D data stored as ``columns,rows#property`` is found when
@@ -164,10 +166,10 @@ def check_version(version: object, where: str) -> None:
         and all(isinstance(part, int) and not isinstance(part, bool) for part in version)
         and all(part >= 0 for part in version)
     ):
-        raise DafError(f"malformed daf format version: {version!r} in: {where}")
+        raise DafError(f"{where}: malformed daf format version: {version!r}")
     if version[0] != FORMAT_VERSION[0]:
         raise DafError(
-            f"unsupported daf format version: {version[0]}.{version[1]} in: {where} "
+            f"{where}: unsupported daf format version: {version[0]}.{version[1]} "
             f"(this reader supports {FORMAT_VERSION[0]}.x)"
         )
 
@@ -768,9 +770,9 @@ def open_reader(path: str | os.PathLike[str]) -> Reader:
             return daf.FilesReader(where)
         if (where / "data.h5").is_file():
             return daf.H5Reader(where / "data.h5")
-        raise DafError(f"not a daf dataset (no __daf__.yaml nor data.h5): {where}")
+        raise DafError(f"{where}: not a daf dataset (no __daf__.yaml nor data.h5)")
     if where.is_file() and where.suffix in (".h5", ".hdf5"):
         return daf.H5Reader(where)
     if not where.exists():
-        raise DafError(f"missing daf dataset: {where}")
-    raise DafError(f"not a daf dataset (neither a directory nor a .h5/.hdf5 file): {where}")
+        raise DafError(f"{where}: missing daf dataset")
+    raise DafError(f"{where}: not a daf dataset (neither a directory nor a .h5/.hdf5 file)")

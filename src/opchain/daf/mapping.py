@@ -24,6 +24,7 @@ __all__ = [
     "DTYPES",
     "INDEX_DTYPES",
     "RowsMemmap",
+    "check_csr",
     "frozen",
     "make_csr",
     "map_file",
@@ -85,7 +86,10 @@ def map_region(
     """
     if prod(shape) == 0:
         return frozen(np.empty(shape, dtype=dtype))
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="C")
+    except OSError as error:
+        raise DafError(f"{path}: can't map the data file ({error.strerror})") from None
 
 
 def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -94,15 +98,11 @@ def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ..
     try:
         found = os.stat(path).st_size
     except OSError as error:
-        raise DafError(f"can't read the data file: {path} ({error.strerror})") from None
-    if found < expected:
+        raise DafError(f"{path}: can't read the data file ({error.strerror})") from None
+    if found != expected:
+        problem = "truncated data file" if found < expected else "data file too large"
         raise DafError(
-            f"truncated data file: {path} has {found} bytes, expected {expected} "
-            f"(shape {list(shape)} of {dtype.name})"
-        )
-    if found > expected:
-        raise DafError(
-            f"size mismatch of the data file: {path} has {found} bytes, expected {expected} "
+            f"{path}: {problem}: {found} bytes, expected {expected} "
             f"(shape {list(shape)} of {dtype.name})"
         )
     return map_region(path, dtype, shape)
@@ -171,25 +171,22 @@ def _whole_rows(key: Any, count: int) -> tuple[int, int] | None:
 
 
 def make_csr(
-    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int], what: str
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    shape: tuple[int, int],
+    names: dict[str, str],
 ) -> sp.csr_matrix:
-    """Wrap CSR buffers (typically memory-mapped) in a ``csr_matrix`` without copying them.
+    """Wrap CSR buffers (typically memory-mapped) in a ``csr_matrix`` without copying them, after
+    :func:`check_csr` (``names`` names the ``data``, ``indices`` and ``indptr`` files in errors).
 
     ``scipy``'s constructor copies ``int64`` indices whose values fit in ``int32`` (and reads them
     all to find out), so for ``int32``/``int64`` indices the buffers are attached to an empty
-    matrix instead. Other index dtypes go through the constructor (which converts them). ``what``
-    names the data in error messages.
+    matrix instead. Other index dtypes go through the constructor (which converts them).
     """
-    nnz = data.shape[0]
-    if indices.shape[0] != nnz or indptr.shape[0] != shape[0] + 1:
-        raise DafError(f"inconsistent sparse sizes for: {what}")
-    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz:
-        raise DafError(
-            f"corrupt sparse indptr for: {what} (starts at {int(indptr[0])} and ends at "
-            f"{int(indptr[-1])}, expected 0 and nnz {nnz})"
-        )
+    check_csr(data, indices, indptr, shape, names)
     if data.dtype == np.float16:
-        raise DafError(f"scipy.sparse does not support float16 data: {what}")
+        raise DafError(f"{names['data']}: float16 sparse data (scipy.sparse does not support it)")
     if indices.dtype.name not in ("int32", "int64") or indptr.dtype != indices.dtype:
         return sparse().csr_matrix((data, indices, indptr), shape=shape)
     matrix = sparse().csr_matrix(
@@ -201,3 +198,42 @@ def make_csr(
     matrix.indptr = indptr
     matrix._shape = (int(shape[0]), int(shape[1]))
     return matrix
+
+
+def check_csr(
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    shape: tuple[int, int],
+    names: dict[str, str],
+) -> None:
+    """Raise a :class:`DafError` naming the file unless the buffers are a valid CSR structure.
+
+    Worth one vectorized pass over ``indptr`` and ``indices`` (memory-mapped, so this is the only
+    full read until the data is used): scipy trusts them, so a decreasing ``indptr`` silently gives
+    wrong rows, and a pointer or column index out of range gives an ``IndexError`` deep inside an
+    operation, or corrupts memory.
+    """
+    nnz = data.shape[0]
+    if indices.shape[0] != nnz:
+        raise DafError(f"{names['indices']}: {indices.shape[0]} entries, but nnz is {nnz}")
+    if indptr.shape[0] != shape[0] + 1:
+        raise DafError(
+            f"{names['indptr']}: {indptr.shape[0]} entries, expected {shape[0] + 1} (rows + 1)"
+        )
+    if int(indptr[0]) != 0:
+        raise DafError(f"{names['indptr']}: indptr starts at {int(indptr[0])}, expected 0")
+    if int(indptr[-1]) != nnz:
+        raise DafError(f"{names['indptr']}: indptr ends at {int(indptr[-1])}, expected nnz {nnz}")
+    # A comparison, not np.diff: differences of unsigned pointers wrap around instead of going < 0.
+    decreases = indptr[1:] < indptr[:-1]
+    if decreases.any():
+        raise DafError(f"{names['indptr']}: indptr decreases at row {int(decreases.argmax())}")
+    # Viewed as unsigned, a negative index is huge: one max() checks both ends of the range.
+    unsigned = indices.view(indices.dtype.str.replace("i", "u"))
+    if nnz and int(unsigned.max()) >= shape[1]:
+        bad = int(np.flatnonzero(unsigned >= shape[1])[0])
+        raise DafError(
+            f"{names['indices']}: column index {int(indices[bad])} at position {bad} is out of "
+            f"the range [0, {shape[1]})"
+        )
