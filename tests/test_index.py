@@ -47,8 +47,8 @@ def test_concurrent_planners_of_one_fingerprint_agree_on_one_directory(tmp_path:
     proposed_one = one.propose("steps", "same", "operation_results", {})
     proposed_two = two.propose("steps", "same", "operation_results", {})
     assert proposed_one == proposed_two  # the same second, neither reserved yet
-    [(_, first)] = one.commit()
-    [(_, second)] = two.commit()
+    [(_, first, _)] = one.commit()
+    [(_, second, _)] = two.commit()
     assert first == second == one.lookup("steps", "same")["dir"]
 
 
@@ -57,7 +57,7 @@ def test_a_name_claimed_meanwhile_is_not_taken_twice(tmp_path: Path) -> None:
     name = one.propose("steps", "fp1", "operation_results", {})
     assert two.propose("steps", "fp2", "operation_results", {}) == name
     one.commit()
-    [(_, other)] = two.commit()
+    [(_, other, _)] = two.commit()
     assert other != name and two.lookup("steps", "fp2")["dir"] == other
 
 

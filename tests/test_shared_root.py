@@ -45,7 +45,7 @@ def race(*projects: Project) -> list[subprocess.CompletedProcess[str]]:
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         for p in projects
     ]
     return [

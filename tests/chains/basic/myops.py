@@ -38,3 +38,9 @@ def slow(data, params, ctx):
     copy_axes(data, ctx.output)
     ctx.output.set_data2d("row,col#x", np.asarray(data.get_data2d("row,col#x")))
     time.sleep(float(os.environ.get("SLOW_SECONDS", params["seconds"])))  # a test's kill window
+
+
+@operation("boom", parameters={})
+def boom(data, params, ctx):
+    copy_axes(data, ctx.output)
+    return 1 / 0
