@@ -29,6 +29,7 @@ __all__ = [
     "OperationSpec",
     "YamlDoc",
     "load_chain",
+    "load_config",
     "load_operation",
     "load_yaml",
 ]
@@ -38,6 +39,7 @@ PARAMETER_FORMS = ("parameters", "parameter_ranges", "parameter_settings")
 # A job's spec (its parameters twice: as values and in the fingerprint's components) travels on its
 # command line, and Linux caps one argument at 128 KiB; large values belong in a dataset.
 MAX_PARAMETER_BYTES = 32 * 1024
+CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # A grid is refused before it is built: its settings are made in memory, and each is a job.
 MAX_SETTINGS = 1_000_000
 
@@ -377,6 +379,8 @@ def _validate(
     error = jsonschema.exceptions.best_match(operation.validator.iter_errors(full))
     if error is not None:
         path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties":  # name the unexpected key, at its line
+            path += (next(key for key in error.instance if key not in operation.parameters),)
         raise places.error(i, path, f"{error.message} (operation '{operation.name}')")
     size = len(json.dumps(full))
     if size > MAX_PARAMETER_BYTES:
@@ -387,6 +391,18 @@ def _validate(
             "job's command line carries: put large values in a dataset",
         )
     return full
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The opchain config file, parsed like a spec and checked against the workflow's config schema
+    (which Snakemake validates it with), so that ``opchain`` refuses what ``snakemake`` refuses."""
+    doc = load_yaml(path)
+    config = _mapping(doc, (), {} if doc.data is None else doc.data)
+    validator = jsonschema.Draft202012Validator(load_yaml(CONFIG_SCHEMA).data)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise doc.error(tuple(error.absolute_path), error.message)
+    return config
 
 
 def load_chain(path: Path, operations_dir: Path) -> ChainSpec:
