@@ -42,7 +42,7 @@ def prepare(project: Project, case: dict) -> None:
     for relative, text in case.get("files", {}).items():
         path = project.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(text, encoding=case.get("encoding", "utf-8"))
     for relative, target in case.get("symlinks", {}).items():
         (project.root / relative).symlink_to(target)
 

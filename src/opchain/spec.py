@@ -113,6 +113,10 @@ def _parse(path: Path) -> YamlDoc:
     try:
         for event in yaml.parse(text, Loader=_LOADER):
             builder.add(event)
+    except yaml.reader.ReaderError as error:  # a character YAML does not allow in a file
+        line = text.count("\n", 0, error.position) + 1
+        problem = f"character U+{error.character:04X} is not allowed ({error.reason})"
+        raise SpecError(f"{shown(path)}:{line}: malformed YAML: {problem}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{shown(path)}:{mark.line + 1}" if mark else shown(path)
@@ -204,12 +208,13 @@ class _Builder:
             return event.value
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
         try:
-            return _SCALARS.yaml_constructors[tag](_SCALARS, node)
+            value = _SCALARS.yaml_constructors[tag](_SCALARS, node)
         except (KeyError, ValueError, yaml.YAMLError):
-            where = self.next_where()
-            raise self.error(
-                line, where, f"{event.value!r} is not a valid {self.tag_name(tag)}"
-            ) from None
+            problem = f"{event.value[:40]!r} is not a valid {self.tag_name(tag)}"
+            raise self.error(line, self.next_where(), problem) from None
+        if isinstance(value, int) and abs(value) >= 2**64:  # printing it can fail; JSON loses it
+            raise self.error(line, self.next_where(), "an integer larger than 64 bits")
+        return value
 
     def put(self, value: Any, nodes: int, anchor: str | None, line: int | None) -> None:
         """Place a finished node: the document, an item, a key or a key's value."""
