@@ -185,7 +185,7 @@ class _Builder:
         if len(self.stack) >= MAX_DEPTH:
             raise self.error(line, (), f"nested deeper than {MAX_DEPTH} levels")
         where = self.next_where()
-        if self.stack:
+        if self.stack and isinstance(self.stack[-1].value, list):  # a key's line is its own
             self.lines[where] = line
         self.stack.append(_Collection({} if mapping else [], where, event.anchor))
 
