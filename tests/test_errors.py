@@ -21,73 +21,27 @@ def fails_cleanly(project: Project, *args: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    ("relative", "text", "expected"),
-    [
-        (
-            CHAIN,
-            "input_path: inputs\noperations:\n  - add.yaml\n   - bad: [\n",
-            "config/chains/basic.yaml:4: malformed YAML",
-        ),
-        (
-            "config/operations/add.yaml",
-            "type: nope\nparameters: {value: 1}\n",
-            "config/operations/add.yaml:1: type: unknown operation 'nope'",
-        ),
-        (
-            "config/operations/add.yaml",
-            "type: myops:missing\nparameters: {value: 1}\n",
-            "config/operations/add.yaml:1: type: cannot load operation 'myops:missing'",
-        ),
-        (
-            "config/operations/add_one.yaml",
-            "type: myops:add\nparameters:\n  value: abc\n",
-            "config/operations/add_one.yaml:3: parameters.value: 'abc' is not of type 'number'",
-        ),
-        (
-            "config/operations/add_one.yaml",
-            "type: myops:add\nparameters: {value: 1, valeu: 2}\n",
-            "config/operations/add_one.yaml:2: parameters: Additional properties are not allowed",
-        ),
-        (
-            "config/operations/add_one.yaml",
-            "type: myops:add\nparameters: {}\n",
-            "config/operations/add_one.yaml:2: parameters: 'value' is a required property",
-        ),
-        (
-            "config/operations/add_one.yaml",
-            "type: myops:add\nparameter_ranges: {value: 3}\n",
-            "config/operations/add_one.yaml:2: parameter_ranges.value: a parameter range must be a non-empty list",
-        ),
-        (
-            CHAIN,
-            "input_path: inputs\noperations:\n  - add_one.yaml\n  - missing.yaml\n",
-            "config/chains/basic.yaml:4: operations.1: no operation file 'missing.yaml'",
-        ),
-        (
-            CHAIN,
-            "input_path: inputs\nrunz: 2\noperations: [add_one.yaml]\n",
-            "config/chains/basic.yaml:2: runz: unknown key",
-        ),
-        (
-            CHAIN,
-            "input_path: no_such_summary\noperations: [add_one.yaml]\n",
-            "input_path 'no_such_summary' is not a folder under the storage root",
-        ),
-        (
-            CHAIN,
-            "input_path: ../../..\noperations: [add_one.yaml]\n",
-            "'../../..' leaves the storage root",
-        ),
-        (CHAIN, "input_path: /etc\noperations: [add_one.yaml]\n", "'/etc' leaves the storage root"),
-    ],
-)
-def test_bad_spec_is_refused_with_file_key_and_line(
-    project: Project, relative: str, text: str, expected: str
-) -> None:
-    project.edit(relative, text)
-    assert expected in fails_cleanly(project)
-    assert expected in fails_cleanly(project, "-n")
+# Each kind of bad spec, config, input and user module, with the exact line it gets, is a case of
+# tests/bad_inputs/cases.yaml (test_bad_inputs.py); these tests are about whole runs.
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry_run"])
+def test_bad_spec_is_refused_by_a_real_run(project: Project, dry_run: bool) -> None:
+    project.edit("config/operations/add_one.yaml", "type: myops:add\nparameters:\n  value: abc\n")
+    line = fails_cleanly(project, *(["-n"] if dry_run else []))
+    expected = "config/operations/add_one.yaml:3: parameters.value: 'abc' is not of type 'number'"
+    assert line == f"opchain: {expected} (operation 'add')"
+
+
+def test_required_parameter_of_a_builtin_is_refused_before_any_job(project: Project) -> None:
+    """log1p without its matrix planned fine, then every job failed with a KeyError."""
+    project.edit("config/operations/add_one.yaml", "type: log1p\n")
+    line = fails_cleanly(project)
+    assert line == (
+        "opchain: config/operations/add_one.yaml:1: parameters: 'matrix' is a required property "
+        "(operation 'log1p')"
+    )
+    assert not (project.root / "logs").exists()  # no job ran
 
 
 def test_refused_run_leaves_earlier_results_untouched(project: Project) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from opchain import gc, lineage, table
+from opchain import gc, lineage, spec, table
 from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.plan import ChainPlan, Plan, Step, plan_from_config, storage_root
@@ -111,17 +111,9 @@ def main(cli_args: Sequence[str]) -> int:
 
 
 def load_config(path: str) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise OpchainError(
-            f"{path}: no such config file (run opchain in the project folder)"
-        ) from None
-    except yaml.YAMLError as error:
-        raise OpchainError(f"{path}: malformed YAML: {error}") from None
-    if not isinstance(config, dict):
-        raise OpchainError(f"{path}: must be a mapping")
-    return config
+    if not Path(path).is_file():
+        raise OpchainError(f"{path}: no such config file (run opchain in the project folder)")
+    return spec.load_config(Path(path))
 
 
 def find_snakefile(given: Path | None) -> Path:

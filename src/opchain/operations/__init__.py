@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,12 +94,19 @@ def operation(
     name: str,
     *,
     parameters: dict[str, Any],
-    required: tuple[str, ...] = (),
+    required: tuple[str, ...] | None = None,
     random: bool = False,
     version: str = "1",
     resources: dict[str, int] | None = None,
 ) -> Callable[[OperationFunction], OperationFunction]:
-    """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path)."""
+    """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path).
+
+    ``required`` defaults to every parameter without a default: a spec that omits one would give
+    the function no value for it, and every job would fail with a KeyError instead of the plan
+    with one line. Pass ``required`` explicitly to make such a parameter optional.
+    """
+    if required is None:
+        required = tuple(key for key, schema in parameters.items() if "default" not in schema)
 
     def register(fn: OperationFunction) -> OperationFunction:
         op = Operation(name, fn, parameters, tuple(required), random, version, resources or {})
@@ -126,13 +135,47 @@ def get_operation(name: Any) -> Operation:
         return _REGISTRY[name]
     module_name, _, attribute = name.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise SpecError(f"cannot load operation '{name}': {error}") from None
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:  # the user's module ran and failed, however it fails
+        missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+        if missing and f"{module_name}.".startswith(f"{missing}."):
+            raise SpecError(f"cannot load operation '{name}': {error}") from None
+        raise SpecError(
+            f"cannot load operation '{name}': importing module '{module_name}' failed"
+            f"{_raised_at(error)}: {type(error).__name__}: {_detail(error)}"
+        ) from None
+    fn = getattr(module, attribute, None)
+    if fn is None:
+        raise SpecError(
+            f"cannot load operation '{name}': module '{module_name}' has no '{attribute}'"
+        )
     op = getattr(fn, "__opchain_operation__", None)
     if op is None:
         raise SpecError(f"'{name}' is not an operation: decorate it with @opchain.operation(...)")
     return op
+
+
+def _raised_at(error: BaseException) -> str:
+    """`` at file:line`` of the user's code that raised ``error`` (a SyntaxError's own place)."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" at {_relative(error.filename)}:{error.lineno}"
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = ("<frozen", importlib.__path__[0], __file__)
+    user = [frame for frame in frames if not frame.filename.startswith(ours)]
+    if not user:
+        return ""
+    module_file = user[0].filename  # the module's top level; report its last line on the stack
+    line = [frame for frame in user if frame.filename == module_file][-1].lineno
+    return f" at {_relative(module_file)}:{line}"
+
+
+def _detail(error: BaseException) -> str:
+    return str(error.msg if isinstance(error, SyntaxError) else error)  # msg: without its place
+
+
+def _relative(filename: str) -> str:
+    path = Path(filename)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else filename
 
 
 from opchain.operations import builtin  # noqa: E402, F401  (registers the built-in operations)

@@ -154,7 +154,6 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
         "matrix": MATRIX,
         "axis": {**AXIS, "description": "the axis whose entries are each scaled to mean 0, std 1"},
     },
-    required=("matrix", "axis"),
 )
 def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Z-score each entry of ``axis`` (a column axis or the row axis of ``matrix``); dense output."""
@@ -281,7 +280,6 @@ def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
             "default": 0.25,
         },
     },
-    required=("axis",),
 )
 def split(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Mark a random ``test_fraction`` of the entries of ``axis`` as test (``axis#is_test``)."""
@@ -316,7 +314,6 @@ def copy_matrices(data: Any, out: Any) -> None:
             "description": "rows#property of bools marking test rows (default rows#is_test)",
         },
     },
-    required=("matrix", "labels"),
 )
 def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Fit one centroid per class on the training rows; score accuracy on the test rows."""
@@ -357,7 +354,6 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
         "clusters": {"type": "integer", "minimum": 1, "default": 8},
         "iterations": {"type": "integer", "minimum": 1, "default": 50},
     },
-    required=("matrix",),
 )
 def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Lloyd's k-means from random rows; stores ``rows#cluster`` and the inertia as its score."""
