@@ -9,7 +9,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         targets(),
         report_targets(),
-    default_target: True

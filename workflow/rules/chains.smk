@@ -18,14 +18,16 @@ for operation, resources in PLAN.operation_rules.items():
             batch_inputs,
         output:
             f"{JOBS_DIR}/{operation}/{{chain}}/{{step}}/batch_{{b}}",
+        log:
+            f"logs/{operation}/{{chain}}/{{step}}/batch_{{b}}.log",
+        conda:
+            "../../environment.yml"
+        resources:
+            **resources,
         params:
             describe=batch_message,
         message:
             "{params.describe}"
-        log:
-            f"logs/{operation}/{{chain}}/{{step}}/batch_{{b}}.log",
-        resources:
-            **resources,
         shell:
             RUN_BATCH
 
@@ -40,11 +42,13 @@ rule chain_manifest:
     output:
         chain=f"{TABLES_DIR}/{{chain}}/chain.yaml",
         table=f"{TABLES_DIR}/{{chain}}/results.csv",
-    params:
-        key=chain_key,
-        spec=chain_spec_file,
     log:
         "logs/chains/{chain}.log",
     localrule: True
+    conda:
+        "../../environment.yml"
+    params:
+        key=chain_key,
+        spec=chain_spec_file,
     script:
         "../../scripts/write_chain.py"

@@ -34,7 +34,8 @@ onstart:
 
 
 def targets():
-    """What `rule all` asks for: each chain's tables, or the single operation's missing batches."""
+    """The targets of the default rule: each chain's tables, or the missing batches of a single
+    operation."""
     if PLAN.operation_steps:
         return [s.marker(b) for s in PLAN.operation_steps for b in s.incomplete]
     return [table for chain in PLAN.chains for table in chain.tables]
@@ -71,3 +72,16 @@ def chain_key(wildcards):
 
 def chain_spec_file(wildcards):
     return chain_of(wildcards).spec_file
+
+
+def report_targets():
+    """Each chain's report files (targets of the default rule too)."""
+    return [
+        f"reports/{chain.spec.name}/{name}"
+        for chain in PLAN.chains
+        for name in ("results.html", "figures")
+    ]
+
+
+def chain_name(wildcards):
+    return chain_of(wildcards).spec.name

@@ -2,17 +2,6 @@
 # from its results.csv. Category = the chain's name, subcategory = the operation.
 
 
-def report_targets():
-    """What `rule all` asks for besides the chains: each chain's report files."""
-    return [
-        f"reports/{chain.spec.name}/{name}" for chain in PLAN.chains for name in ("results.html", "figures")
-    ]
-
-
-def chain_name(wildcards):
-    return chain_of(wildcards).spec.name
-
-
 rule chain_report:
     """The results table and the figures of one chain, for Snakemake's report."""
     input:
@@ -33,12 +22,14 @@ rule chain_report:
             caption="../report/figure.rst",
             labels={"figure": "{figure}"},
         ),
+    log:
+        "logs/{chain}/chain_report.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
     params:
         chain=chain_name,
         runs=lambda wildcards: chain_of(wildcards).spec.runs,
         storage=STORAGE,
-    log:
-        "logs/{chain}/chain_report.log",
-    localrule: True
     script:
         "../../scripts/chain_report.py"
