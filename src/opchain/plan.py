@@ -169,10 +169,11 @@ class Step:
         grid = f"{len(self.settings)} settings x " if len(self.settings) > 1 else ""
         seed = f", seed {self.seed}" if self.operation.operation.random else ""
         resources = "".join(f", {k}={v}" for k, v in self.operation.operation.resources.items())
+        which = f"dataset {ks.start}" if len(ks) == 1 else f"datasets {ks.start}-{ks.stop - 1}"
         return (
             f"{self.operation.operation.name} ({self.label}{seed}): {grid}"
-            f"{self.size // len(self.settings)} inputs, datasets {ks.start}-{ks.stop - 1} of "
-            f"{self.size} in {self.dir}{resources}"
+            f"{self.size // len(self.settings)} inputs, {which} of {self.size} in {self.dir}"
+            f"{resources}"
         )
 
     def job_spec(self, b: int, storage: Path, snakemake_version: str) -> dict[str, Any]:

@@ -363,7 +363,8 @@ def main(argv: list[str]) -> None:
         if isinstance(error.__cause__, Exception) and not isinstance(error.__cause__, OpchainError):
             message += f" (traceback in {log_file})"
         log.error(message)
-        sys.exit(message)
+        os.write(2, f"{message}\n".encode())  # one write: jobs running side by side share stderr
+        sys.exit(1)
     marker.touch()
     Path(f"{marker}.json").unlink()
 
