@@ -268,7 +268,9 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
     # The same chain again (same fingerprints); the slow step is told not to wait this time.
     result = project.snakemake(env={**project.env(), "SLOW_SECONDS": "0"})
     assert {p: (p / "metadata.yaml").read_text() for p in first_results} == first_meta
-    assert job_count(result) == 2
+    # The slow step's two datasets run again. (Snakemake may also rerun an add_one job that the kill
+    # caught before it recorded the job as finished: that job keeps its finished dataset.)
+    assert job_counts(result)["slow"] == 2
     assert not list(project.storage.rglob(".dataset_*.tmp-*"))  # the dead attempt is cleaned up
     assert (
         len(list(project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"))) == 4
