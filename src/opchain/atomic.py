@@ -50,10 +50,13 @@ def remove_leftovers(final: Path, tag: str = "tmp") -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
+def write_atomic(path: Path, data: bytes | str, *, clean: bool = True) -> None:
     """Replace ``path`` with ``data`` (str as UTF-8): readers see the old or the new file, never a
-    part. Created with mode 0666 minus the umask, like any new file."""
-    remove_leftovers(path)
+    part. Created with mode 0666 minus the umask, like any new file. ``clean=False`` skips the
+    search for killed writers' leftovers (a listing of the folder: too dear in the index's large
+    folders, whose leftovers are hidden and dropped by a rebuild)."""
+    if clean:
+        remove_leftovers(path)
     temporary = _write_aside(path, data)
     try:
         os.replace(temporary, path)
@@ -66,7 +69,6 @@ def create_exclusive(path: Path, data: bytes | str) -> bool:
     """Create ``path`` with ``data`` unless it exists (then False), all or nothing: the content is
     written aside and hard-linked into place (``link`` fails if the name exists), so a kill never
     leaves an empty or partial file. Where hard links are not supported, O_EXCL then write."""
-    remove_leftovers(path)
     temporary = _write_aside(path, data)
     try:
         os.link(temporary, path)

@@ -126,7 +126,7 @@ class Index:
         """Remember where a grid point was computed, for later grids that contain it."""
         target = self.root / "datasets" / fingerprint
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, json.dumps({"path": path}))
+        write_atomic(target, json.dumps({"path": path}), clean=False)
 
     def _name_path(self, relative: str) -> Path:
         path = self.root / "names" / relative.replace("/", "%")
