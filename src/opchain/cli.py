@@ -1,13 +1,16 @@
-"""The ``opchain`` command: run chains or one operation, see what is stale and why, list results.
+"""The opchain command: run chains or one operation, see what is stale and why, compare results.
 
-Running goes through a ``snakemake`` subprocess (not Snakemake's Python API, which ignores profiles),
-so ``opchain run`` behaves exactly like ``snakemake`` in the project folder.
+Running goes through a snakemake subprocess (not Snakemake's Python API, which ignores profiles),
+so `opchain run` behaves exactly like `snakemake` in the project folder, and passes on every
+argument it does not know itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -16,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from opchain import gc, lineage, spec, table
+from opchain import __version__, gc, lineage, spec, table
 from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.plan import ChainPlan, Plan, Step, plan_from_config, storage_root
@@ -26,6 +29,7 @@ __all__ = ["entrypoint", "main", "main_parser"]
 
 def main_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opchain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"opchain {__version__}")
     parser.add_argument("--config", default="config/config.yaml", help="the opchain config file")
     parser.add_argument(
         "--snakefile",
@@ -34,14 +38,17 @@ def main_parser() -> argparse.ArgumentParser:
         help="opchain's Snakefile (default: ./Snakefile, else the installed checkout's)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser(
-        "run", help="run the configured chains (snakemake; extra args pass on)"
+    commands.add_parser(
+        "run",
+        help="run the configured chains: snakemake, with every other argument passed on "
+        "(opchain run -n, opchain run --cores 1)",
     )
-    run.add_argument("snakemake_args", nargs=argparse.REMAINDER)
-    one = commands.add_parser("run-op", help="run one operation file on a summary, outside a chain")
+    one = commands.add_parser(
+        "run-op",
+        help="run one operation file on a summary, outside a chain (other arguments go to snakemake)",
+    )
     one.add_argument("operation", help="an operation file")
     one.add_argument("input_path", help="a summary (folder of datasets) under the storage root")
-    one.add_argument("snakemake_args", nargs=argparse.REMAINDER)
     status = commands.add_parser("status", help="which steps would run, and why")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     listing = commands.add_parser("list", help="the chains' result directories, step by step")
@@ -59,36 +66,35 @@ def main_parser() -> argparse.ArgumentParser:
     collect.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest")
     collect.add_argument("--older-than", type=float, metavar="DAYS", help="only those older")
     collect.add_argument("--dry-run", action="store_true", help="only print what would go")
-    index = commands.add_parser("index", help="maintain the fingerprint index")
+    index = commands.add_parser(
+        "index", help="what the fingerprint index holds; --rebuild recreates it from the results"
+    )
     index.add_argument(
         "--rebuild",
         action="store_true",
-        required=True,
-        help="recreate the index from the results' metadata.yaml files",
+        help="recreate the index from the results' metadata.yaml and chain.yaml files",
     )
     return parser
 
 
+PASSED_ON = ("run", "run-op")  # commands whose unknown arguments are snakemake's
+
+
 def main(cli_args: Sequence[str]) -> int:
-    args = main_parser().parse_args(cli_args)
+    parser = main_parser()
+    args, extra = parser.parse_known_args(cli_args)
+    if args.command not in PASSED_ON and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    extra = [a for a in extra if a != "--"]  # `opchain run -- -n` as `opchain run -n`
     try:
         if args.command == "run":
-            return snakemake(args.snakefile, args.config, args.snakemake_args)
+            return snakemake(args.snakefile, args.config, extra)
         if args.command == "run-op":
-            return snakemake(
-                args.snakefile,
-                args.config,
-                [
-                    "--config",
-                    f"operation={args.operation}",
-                    f"input_path={args.input_path}",
-                    *args.snakemake_args,
-                ],
-            )
+            operation = ["--config", f"operation={args.operation}", f"input_path={args.input_path}"]
+            return snakemake(args.snakefile, args.config, [*operation, *extra])
         config = load_config(args.config)
         if args.command == "index":  # without planning: the plan may be what a damaged index stops
-            print(f"index rebuilt: {Index(storage_root(config)).rebuild()} steps")
-            return 0
+            return show_index(Index(storage_root(config)), rebuild=args.rebuild)
         if args.command == "show":
             print(lineage.show_text(args.path, as_json=args.json), end="")
             return 0
@@ -149,7 +155,9 @@ def step_reasons(step: Step, previous: dict[str, Any] | None) -> list[str]:
     now = step.components
     reasons = []
     if before.get("settings") != now["settings"]:
-        reasons.append(f"parameters changed: {before.get('settings')} -> {now['settings']}")
+        reasons.append(
+            f"parameters changed: {settings_change(before.get('settings'), now['settings'])}"
+        )
     if (before.get("code"), before.get("version")) != (now["code"], now["version"]):
         reasons.append(f"operation code changed ({now['operation']})")
     if before.get("upstream") != now["upstream"]:
@@ -161,6 +169,30 @@ def step_reasons(step: Step, previous: dict[str, Any] | None) -> list[str]:
     changed = {"operation", "format", "seed"} & {k for k in now if before.get(k) != now[k]}
     reasons += [f"{key} changed" for key in sorted(changed)]
     return reasons or ["result missing"]
+
+
+def settings_change(before: list[dict[str, Any]] | None, now: list[dict[str, Any]]) -> str:
+    """What changed in a step's settings, key by key (``test_fraction: 0.3 -> 0.2``); for grids
+    that changed in size, the values each key takes before and after."""
+    before = before or []
+    if len(before) == len(now):
+        changes = {
+            f"{key}: {old.get(key)} -> {new.get(key)}"
+            for old, new in zip(before, now, strict=True)
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)
+        }
+        return ", ".join(sorted(changes))
+    keys = sorted({k for s in before + now for k in s})
+
+    def values(settings: list[dict[str, Any]], key: str) -> list[Any]:
+        return list(dict.fromkeys(json.dumps(s.get(key)) for s in settings))
+
+    return ", ".join(
+        f"{key}: [{', '.join(values(before, key))}] -> [{', '.join(values(now, key))}]"
+        for key in keys
+        if values(before, key) != values(now, key)
+    )
 
 
 def step_done(plan: Plan, step: Step) -> bool:
@@ -194,6 +226,10 @@ def show_status(plan: Plan, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
+    if any(row["status"] == "will run" for row in rows):
+        print(
+            "(directories of steps that will run are provisional: names are given when the run starts)"
+        )
     for row in rows:
         why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
         print(
@@ -215,5 +251,19 @@ def show_list(plan: Plan) -> int:
     return 0
 
 
+def show_index(index: Index, *, rebuild: bool) -> int:
+    if rebuild:
+        print(f"index rebuilt: {index.rebuild()} steps")
+        return 0
+    counts = {
+        kind: len(os.listdir(index.root / kind)) if (index.root / kind).is_dir() else 0
+        for kind in ("chains", "steps", "datasets", "names")
+    }
+    print(f"{index.root}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    return 0
+
+
 def entrypoint() -> None:
+    # `opchain list | head`: a closed pipe ends the command quietly, as for any Unix tool.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main(sys.argv[1:]))
