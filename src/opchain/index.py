@@ -128,6 +128,14 @@ class Index:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, json.dumps({"path": path}), clean=False)
 
+    def computed_at(self, fingerprint: str) -> str | None:
+        """Where a grid point was computed, if anywhere. An unreadable entry counts as none: it
+        only spares work, so a damaged one costs a recomputation, never an error."""
+        try:
+            return json.loads((self.root / "datasets" / fingerprint).read_bytes())["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def _name_path(self, relative: str) -> Path:
         path = self.root / "names" / relative.replace("/", "%")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Exclusion per result across processes and hosts sharing one storage root.
 
-A lock is a file under ``<storage>/.opchain/locks/`` created all-or-nothing (hard link of a file
-written aside, which NFS makes atomic too) holding its owner's host, pid and start time. The owner
+A lock is a file under ``<storage>/.opchain/locks/`` created exclusively (``O_EXCL``, atomic on
+NFS v3 and later too) holding its owner's host, pid and start time. The owner
 refreshes its mtime while it works. A lock is stale when its owner is gone: on this host, when the
 pid is no longer alive; from another host, when it has not been refreshed for ``STALE_SECONDS``.
 A stale lock is broken by renaming it away (one breaker wins the rename), never by deleting a live
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from opchain.atomic import HOST, create_exclusive, pid_alive
+from opchain.atomic import HOST, pid_alive
 
 __all__ = ["LOCKS_DIR", "hold"]
 
@@ -36,8 +36,8 @@ def _stale_owner(lock: Path) -> str | None:
         return None  # released meanwhile: try again
     try:
         owner = json.loads(text)
-    except ValueError:
-        return text  # no live owner writes a lock that way (it is written whole)
+    except ValueError:  # being written (created, not yet filled), or its owner died right then
+        return text if age > STALE_SECONDS else None
     if owner.get("host") == HOST:
         return None if pid_alive(int(owner.get("pid", 0))) else text
     return text if age > STALE_SECONDS else None
@@ -56,6 +56,18 @@ def _break(lock: Path, stale: str) -> None:
     broken.unlink()
 
 
+def _create(lock: Path, owner: str) -> bool:
+    """O_EXCL, atomic on local filesystems and NFS v3+; one file operation, so cheap per dataset
+    (a lock seen empty, before its owner wrote it, counts as live until it is old)."""
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(owner)
+    return True
+
+
 @contextmanager
 def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     """Hold the lock ``name`` (a path-like key, '/' allowed) for the duration of the block,
@@ -63,7 +75,7 @@ def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     lock = storage / LOCKS_DIR / name.replace("/", "%")
     lock.parent.mkdir(parents=True, exist_ok=True)
     owner = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
-    while not create_exclusive(lock, owner):
+    while not _create(lock, owner):
         stale = _stale_owner(lock)
         if stale is not None:
             _break(lock, stale)

@@ -122,14 +122,14 @@ def _make_dataset(
     meter: CostMeter,
 ) -> None:
     storage = Path(spec["storage"])
-    computed = index.lookup("datasets", dataset["fingerprint"])
-    source = storage / computed["path"] if computed else None
+    computed = index.computed_at(dataset["fingerprint"])
+    source = storage / computed if computed else None
     temporary = aside_path(output)
     temporary.mkdir()
     try:
         if source is not None and (source / "metadata.yaml").is_file():
             metadata = _link_result(source, temporary, spec, dataset, output)
-            step_log.info("the same point as %s: linked", computed["path"])
+            step_log.info("the same point as %s: linked", computed)
         else:
             step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
             metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)

@@ -1,0 +1,219 @@
+"""Sweeps of many result datasets: opchain's batched jobs against one Snakemake job per dataset.
+
+Usage: ``python benchmarks/scale.py [--plan-size 100000] [--exec-size 10000] [--peer-sizes
+1000,3000,10000] [--peer-exec 300] [--cores 2] [--small] [--dir /tmp]``
+
+The sweep is one chain step, the trivial operation of ``benchmarks/plan.py`` (``touch``: copy a 2x2
+array) with a grid of settings (its ``tag`` parameter) on 10 input datasets, so ``size`` result
+datasets are ``size / 10`` settings x 10 inputs, the shape of a real parameter sweep.
+
+The peer is the same DAG hand-written: one wildcard rule, one job per result dataset, each a
+``script:`` that loads and saves the array with numpy (``plan.py``'s numpy peer, its steps side by
+side instead of in sequence). The floor is the same work done in one Python process: read a small
+daf dataset and write another (opchain's own store, no Snakemake, no job around it).
+
+Part 1, planning: ``snakemake -n`` wall time and peak RSS (of the snakemake process, from
+``getrusage``), and opchain's own planning (``plan_from_config`` in-process) per dataset. The peer
+is measured at ``--peer-sizes`` and extrapolated linearly (through its two largest sizes) to
+``--plan-size``: it grows linearly, as the printed times show.
+
+Part 2, execution with ``--cores``: ``--exec-size`` datasets through opchain (batched, ``auto``),
+the peer at ``--peer-exec`` datasets, and the floor; per dataset: (run - dry run) / datasets, the
+marginal cost without parsing and DAG building. Every number is from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from plan import BENCHOPS, PLAIN_NUMPY_SCRIPT, REPO, env_for, job_count, snakemake
+
+from opchain.daf import FilesWriter, open_reader
+
+INPUTS = 10
+
+PEER_SNAKEFILE = """\
+# Hand-written peer: one wildcard rule, one job per result dataset ({settings} settings x {inputs}).
+rule all:
+    input:
+        [f"out/{{i}}/{{s}}.npy" for i in range({inputs}) for s in range({settings})],
+    default_target: True
+
+
+rule step:
+    input:
+        "in/{{i}}.npy",
+    output:
+        "out/{{i}}/{{s}}.npy",
+    script:
+        "step.py"
+"""
+
+
+def write_input(path: Path, value: float) -> None:
+    with FilesWriter(path) as out:
+        out.create_axis("row", np.array(["r0", "r1"], dtype=object))
+        out.create_axis("col", np.array(["c0", "c1"], dtype=object))
+        out.set_data2d("row,col#x", np.full((2, 2), value))
+
+
+def write_sweep(root: Path, size: int) -> None:
+    """An opchain project: one chain, one grid step of size / 10 settings on 10 inputs."""
+    (root / "config" / "chains").mkdir(parents=True)
+    (root / "config" / "operations").mkdir(parents=True)
+    (root / "benchops.py").write_text(BENCHOPS.replace("random=True", "random=False"))
+    tags = ", ".join(str(t) for t in range(size // INPUTS))
+    (root / "config" / "operations" / "touch.yaml").write_text(
+        f"type: benchops:touch\nparameter_ranges: {{tag: [{tags}]}}\n"
+    )
+    (root / "config" / "chains" / "sweep.yaml").write_text(
+        "input_path: inputs\noperations: [touch.yaml]\n"
+    )
+    (root / "config" / "config.yaml").write_text(
+        "storage: storage\nchains: [config/chains/sweep.yaml]\n"
+    )
+    for i in range(INPUTS):
+        write_input(root / "storage" / "inputs" / f"d{i}", i)
+
+
+def write_peer(root: Path, size: int) -> None:
+    (root / "in").mkdir(parents=True)
+    settings = size // INPUTS
+    (root / "Snakefile").write_text(PEER_SNAKEFILE.format(settings=settings, inputs=INPUTS))
+    (root / "step.py").write_text(PLAIN_NUMPY_SCRIPT)
+    for i in range(INPUTS):
+        np.save(root / "in" / f"{i}.npy", np.full((2, 2), float(i)))
+
+
+def timed_rss(fn) -> tuple[float, str, float]:
+    """(seconds, output, peak RSS in MB of the largest child process run by ``fn``)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    seconds, output = fn()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, output, max(after, before) / 1024
+
+
+def plan_us_per_dataset(project: Path, size: int) -> float:
+    code = (
+        "import time, yaml; from opchain.plan import plan_from_config;"
+        "c = yaml.safe_load(open('config/config.yaml')); t = time.perf_counter();"
+        "plan_from_config(c); print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env_for(project),
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return float(out) / size * 1e6
+
+
+def floor_seconds(folder: Path, n: int) -> float:
+    """Per dataset: read a small daf dataset and write another, in this process."""
+    write_input(folder / "floor_in", 1.0)
+    start = time.perf_counter()
+    for k in range(n):
+        data = open_reader(folder / "floor_in")
+        with FilesWriter(folder / f"floor_{k}") as out:
+            for axis in data.axis_names():
+                out.create_axis(axis, data.axis_entries(axis))
+            out.set_data2d("row,col#x", data.get_data2d("row,col#x"))
+    return (time.perf_counter() - start) / n
+
+
+def planning(args: argparse.Namespace, tmp: Path) -> None:
+    print(f"\nPlanning: snakemake -n, one grid step of N result datasets ({INPUTS} inputs)")
+    print(
+        "| N | opchain s | opchain peak RSS MB | opchain jobs | opchain µs/dataset (own planning) | peer s | peer ms/dataset |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    # opchain first: the children's peak RSS only grows, so it is opchain's until the peer runs.
+    ours = tmp / "sweep-plan"
+    write_sweep(ours, args.plan_size)
+    own = plan_us_per_dataset(ours, args.plan_size)
+    ours_s, ours_out, ours_rss = timed_rss(
+        lambda: snakemake(REPO / "Snakefile", ours, args.cores, "-n")
+    )
+    peer_per = []
+    for size in args.peer_sizes:
+        peer = tmp / f"peer-{size}"
+        write_peer(peer, size)
+        seconds, out, _rss = timed_rss(
+            lambda p=peer: snakemake(p / "Snakefile", p, args.cores, "-n")
+        )
+        assert job_count(out, "step") == size
+        peer_per.append(seconds / size)
+        print(f"| {size:,} | | | | | {seconds:.2f} | {1000 * seconds / size:.2f} |", flush=True)
+        shutil.rmtree(peer)
+    jobs = job_count(ours_out, "touch")
+    (n0, t0), (n1, t1) = [(n, per * n) for n, per in zip(args.peer_sizes, peer_per, strict=False)][-2:]
+    peer_at = t1 + (t1 - t0) / (n1 - n0) * (args.plan_size - n1)  # the peer is linear in N
+    print(
+        f"| {args.plan_size:,} | {ours_s:.2f} | {ours_rss:.0f} | {jobs:,} | {own:.1f} | "
+        f"~{peer_at:.0f} (extrapolated from {n0:,} and {n1:,}) | |"
+    )
+    print(
+        f"opchain / peer at {args.plan_size:,}: {ours_s / peer_at:.3f}x "
+        f"(targets: <= 15 s, <= 1,000 MB, <= 20 µs/dataset of opchain's own planning)"
+    )
+    shutil.rmtree(ours)
+
+
+def execution(args: argparse.Namespace, tmp: Path) -> None:
+    print(f"\nExecution: snakemake --cores {args.cores}; per dataset = (run - dry run) / N")
+    ours, peer = tmp / "sweep-exec", tmp / "peer-exec"
+    write_sweep(ours, args.exec_size)
+    write_peer(peer, args.peer_exec)
+    dry = snakemake(REPO / "Snakefile", ours, args.cores, "-n")[0]
+    run, out = snakemake(REPO / "Snakefile", ours, args.cores, "--omit-from", "chain_manifest")
+    jobs = job_count(out, "touch")
+    done = len(list((ours / "storage").glob("operation_chain_results/*/*/dataset_*")))
+    assert done == args.exec_size, done
+    ours_per = (run - dry) / args.exec_size
+    peer_dry = snakemake(peer / "Snakefile", peer, args.cores, "-n")[0]
+    peer_run = snakemake(peer / "Snakefile", peer, args.cores)[0]
+    peer_per = (peer_run - peer_dry) / args.peer_exec
+    floor = floor_seconds(tmp, 500)
+    print("| | N | jobs | run s | per dataset ms | x floor | peer / this |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| opchain, batched | {args.exec_size:,} | {jobs:,} | {run:.1f} | {1000 * ours_per:.2f} | "
+          f"{ours_per / floor:.2f} | {peer_per / ours_per:.1f}x |")  # fmt: skip
+    print(f"| peer, a job per dataset | {args.peer_exec:,} | {args.peer_exec:,} | {peer_run:.1f} | "
+          f"{1000 * peer_per:.2f} | {peer_per / floor:.1f} | 1.0x |")  # fmt: skip
+    print(f"| floor, one process | 500 | | | {1000 * floor:.2f} | 1.00 | |")
+    print(
+        "targets: <= 5 ms per dataset above the operation's own time, >= 20x faster than the "
+        "peer, within 3x of the floor (the floor includes the operation's own read and write)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plan-size", type=int, default=100_000)
+    parser.add_argument("--exec-size", type=int, default=10_000)
+    parser.add_argument("--peer-sizes", default="1000,3000,10000")
+    parser.add_argument("--peer-exec", type=int, default=300)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--small", action="store_true", help="every size / 10, a quick check")
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    args.peer_sizes = [int(s) for s in args.peer_sizes.split(",")]
+    if args.small:
+        args.plan_size //= 10
+        args.exec_size //= 10
+        args.peer_sizes = [s // 10 for s in args.peer_sizes]
+        args.peer_exec //= 10
+    tmp = Path(tempfile.mkdtemp(prefix="opchain-scale-", dir=args.dir))
+    try:
+        planning(args, tmp)
+        execution(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
