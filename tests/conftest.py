@@ -54,8 +54,10 @@ class Project:
     ) -> subprocess.CompletedProcess[str]:
         return self._run(self.snakemake_command(*args), check, env, umask)
 
-    def opchain(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self._run([sys.executable, "-m", "opchain", *args], check, None)
+    def opchain(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self._run([sys.executable, "-m", "opchain", *args], check, env)
 
     def _run(
         self, command: list[str], check: bool, env: dict[str, str] | None, umask: int = -1

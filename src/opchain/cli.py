@@ -22,7 +22,9 @@ import yaml
 from opchain import __version__, gc, lineage, spec, table
 from opchain.errors import OpchainError
 from opchain.index import Index
-from opchain.plan import ChainPlan, Plan, Step, plan_from_config, storage_root
+from opchain.operations import sources
+from opchain.operations.sources import set_project_folder
+from opchain.plan import PROJECT_OPERATIONS, ChainPlan, Plan, Step, plan_from_config, storage_root
 
 __all__ = ["entrypoint", "main", "main_parser"]
 
@@ -66,6 +68,10 @@ def main_parser() -> argparse.ArgumentParser:
     collect.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest")
     collect.add_argument("--older-than", type=float, metavar="DAYS", help="only those older")
     collect.add_argument("--dry-run", action="store_true", help="only print what would go")
+    ops = commands.add_parser(
+        "operations", help="the available operations; with a NAME, its parameters and an example"
+    )
+    ops.add_argument("name", nargs="?", help="an operation's name")
     index = commands.add_parser(
         "index", help="what the fingerprint index holds; --rebuild recreates it from the results"
     )
@@ -93,6 +99,10 @@ def main(cli_args: Sequence[str]) -> int:
             operation = ["--config", f"operation={args.operation}", f"input_path={args.input_path}"]
             return snakemake(args.snakefile, args.config, [*operation, *extra])
         config = load_config(args.config)
+        if args.command == "operations":
+            set_project_folder(Path(config.get("operations_code", PROJECT_OPERATIONS)))
+            print(sources.details(args.name) if args.name else sources.catalog(), end="")
+            return 0
         if args.command == "index":  # without planning: the plan may be what a damaged index stops
             return show_index(Index(storage_root(config)), rebuild=args.rebuild)
         if args.command == "show":

@@ -38,6 +38,7 @@ from typing import Any
 from opchain.atomic import write_atomic
 from opchain.errors import SpecError
 from opchain.index import Index
+from opchain.operations.sources import project_folder, set_project_folder
 from opchain.spec import ChainSpec, OperationSpec, load_chain, load_operation
 
 __all__ = [
@@ -60,6 +61,7 @@ TABLES_DIR = ".opchain/chains"  # in the working directory: Snakemake's copies o
 MAX_BATCH = 100  # datasets per job at most: a cheap dataset costs ~1-5 ms, a job's start ~130 ms
 JOBS_PER_STEP = 16  # auto batches aim at this many jobs per step: every core and node gets work
 DEFAULT_MAX_DATASETS = 1_000_000
+PROJECT_OPERATIONS = "scripts/operations"  # the project's own operations, found by name
 
 
 def rule_name(operation: str) -> str:
@@ -190,8 +192,10 @@ class Step:
                     "fingerprint": self.dataset_fingerprint(k),
                 }
             )
+        folder = project_folder()
         return {
             "storage": str(storage),
+            "operations_code": str(folder) if folder else None,
             "snakemake": snakemake_version,
             "dir": self.dir,
             "operation": op.operation.name,
@@ -537,6 +541,7 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
     workdir, so the plan and the results' metadata do not change when the project folder moves.
     """
     storage = storage_root(config)
+    set_project_folder(Path(config.get("operations_code", PROJECT_OPERATIONS)))
     dataset_format = config.get("dataset_format", "files")
     if dataset_format not in FORMATS:
         raise SpecError(

@@ -45,6 +45,7 @@ from opchain.datastore import DataStore
 from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
+from opchain.operations.sources import set_project_folder
 
 __all__ = ["main", "run_batch", "versions"]
 
@@ -86,7 +87,8 @@ def run_batch(spec: dict[str, Any]) -> list[Path]:
     storage = Path(spec["storage"])
     step_dir = storage / spec["dir"]
     step_dir.mkdir(parents=True, exist_ok=True)
-    operation = get_operation(spec["type"])
+    set_project_folder(Path(spec["operations_code"]) if spec["operations_code"] else None)
+    operation = get_operation(spec["type"], checked=True)
     index = Index(storage)
     # Killed attempts' temporaries (.dataset_<k>.tmp-*), found with one listing of the step.
     leftovers = {n.split(".tmp-")[0][1:] for n in os.listdir(step_dir) if ".tmp-" in n}

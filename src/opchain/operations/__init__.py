@@ -122,17 +122,16 @@ def registered_operations() -> dict[str, Operation]:
     return dict(_REGISTRY)
 
 
-def get_operation(name: Any) -> Operation:
-    """The operation a spec's ``type`` names: a built-in name or ``module:function``."""
+def get_operation(name: Any, *, checked: bool = False) -> Operation:
+    """The operation a spec's ``type`` names: a plain name (built in, from an installed package or
+    the project's folder: see :mod:`opchain.operations.sources`) or ``module:function``.
+    ``checked``: the planner already made sure the name is unambiguous (a job's lookup)."""
     if not isinstance(name, str) or not name:
         raise SpecError(f"must name an operation, not {name!r}")
     if ":" not in name:
-        if name not in _REGISTRY:
-            raise SpecError(
-                f"unknown operation '{name}' (built-in: {', '.join(sorted(_REGISTRY))}; "
-                "or name a user operation as module:function)"
-            )
-        return _REGISTRY[name]
+        from opchain.operations import sources
+
+        return sources.find(name, builtins=_REGISTRY, checked=checked)  # type: ignore[return-value]
     module_name, _, attribute = name.partition(":")
     try:
         module = importlib.import_module(module_name)

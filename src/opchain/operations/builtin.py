@@ -24,12 +24,19 @@ MATRIX = {
     "type": "string",
     "pattern": "^[^,#/]+,[^,#/]+#[^/]+$",
     "description": "the input matrix, as rows,columns#property",
+    "examples": ["cell,gene#UMIs"],
 }
-AXIS = {"type": "string", "pattern": "^[^,#/]+$", "description": "an axis name"}
+AXIS = {
+    "type": "string",
+    "pattern": "^[^,#/]+$",
+    "description": "an axis name",
+    "examples": ["cell"],
+}
 VECTOR = {
     "type": "string",
     "pattern": "^[^,#/]+#[^/]+$",
     "description": "a vector, as axis#property",
+    "examples": ["cell#type"],
 }
 
 
