@@ -20,11 +20,20 @@ from typing import Any
 import yaml
 
 from opchain import __version__, gc, lineage, spec, table
+from opchain.convert import export_dataset, import_dataset
 from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.operations import sources
 from opchain.operations.sources import set_project_folder
-from opchain.plan import PROJECT_OPERATIONS, ChainPlan, Plan, Step, plan_from_config, storage_root
+from opchain.plan import (
+    PROJECT_OPERATIONS,
+    ChainPlan,
+    Plan,
+    Step,
+    inside_storage,
+    plan_from_config,
+    storage_root,
+)
 
 __all__ = ["entrypoint", "main", "main_parser"]
 
@@ -68,6 +77,17 @@ def main_parser() -> argparse.ArgumentParser:
     collect.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest")
     collect.add_argument("--older-than", type=float, metavar="DAYS", help="only those older")
     collect.add_argument("--dry-run", action="store_true", help="only print what would go")
+    bring = commands.add_parser(
+        "import", help="bring .h5ad, .npz, .npy or .csv data into the storage root as a dataset"
+    )
+    bring.add_argument("source", type=Path, help="the file to import")
+    bring.add_argument("dest", help="the new dataset, relative to the storage root")
+    bring.add_argument("--rows", default="cell", help="the row axis' name (AnnData: obs)")
+    bring.add_argument("--columns", default="gene", help="the column axis' name (AnnData: var)")
+    take = commands.add_parser("export", help="write a dataset as .h5ad or .npz (scanpy, numpy)")
+    take.add_argument("dataset", type=Path, help="a dataset directory")
+    take.add_argument("target", type=Path, help="the file to write (.h5ad or .npz)")
+    take.add_argument("--matrix", help="the matrix to export as X (default: the first)")
     ops = commands.add_parser(
         "operations", help="the available operations; with a NAME, its parameters and an example"
     )
@@ -98,7 +118,16 @@ def main(cli_args: Sequence[str]) -> int:
         if args.command == "run-op":
             operation = ["--config", f"operation={args.operation}", f"input_path={args.input_path}"]
             return snakemake(args.snakefile, args.config, [*operation, *extra])
+        if args.command == "export":  # needs no config: any dataset, anywhere
+            export_dataset(args.dataset, args.target, args.matrix)
+            print(f"exported {args.dataset} to {args.target}")
+            return 0
         config = load_config(args.config)
+        if args.command == "import":
+            dest = inside_storage(storage_root(config), args.dest, args.source)
+            import_dataset(args.source, dest, args.rows, args.columns)
+            print(f"imported {args.source} as {args.dest} under {storage_root(config)}")
+            return 0
         if args.command == "operations":
             set_project_folder(Path(config.get("operations_code", PROJECT_OPERATIONS)))
             print(sources.details(args.name) if args.name else sources.catalog(), end="")
