@@ -90,6 +90,35 @@ def test_pca_matches_the_svd_projection(tmp_path: Path) -> None:
         apply("pca", source, {"matrix": "cell,gene#X", "components": 7})
 
 
+def test_randomized_pca_matches_the_exact_one(tmp_path: Path) -> None:
+    """On data with a clear spectrum (a low-rank signal plus noise), the randomized method's
+    variances and projections agree with the exact method's to 1e-4 relative, deterministically."""
+    rng = np.random.default_rng(7)
+    signal = rng.standard_normal((300, 5)) * [40, 30, 20, 10, 5] @ rng.standard_normal((5, 60))
+    source = tmp_path / "in"
+    with FilesWriter(source) as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(300)], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(60)], dtype=object))
+        out.set_data2d("cell,gene#X", (signal + rng.standard_normal((300, 60))).astype(np.float32))
+    results = {}
+    for method in ("exact", "randomized"):
+        params = {"matrix": "cell,gene#X", "components": 5, "method": method}
+        out, ctx = apply("pca", source, params)
+        results[method] = (
+            np.asarray(out.get_data1d("pc#explained_variance"), dtype=np.float64),
+            np.asarray(out.get_data2d("cell,pc#pca"), dtype=np.float64),
+            ctx.results["explained_variance_ratio"],
+        )
+    (ev, proj, ratio), (rev, rproj, rratio) = results["exact"], results["randomized"]
+    np.testing.assert_allclose(rev, ev, rtol=1e-4)
+    np.testing.assert_allclose(rproj, proj, rtol=1e-4, atol=1e-4 * np.abs(proj).max())
+    assert rratio == pytest.approx(ratio, rel=1e-4)
+    again, _ = apply(
+        "pca", source, {"matrix": "cell,gene#X", "components": 5, "method": "randomized"}
+    )
+    assert np.array_equal(np.asarray(again.get_data2d("cell,pc#pca")), rproj.astype(np.float32))
+
+
 def test_subsample_is_random_per_seed_and_reproducible(tmp_path: Path) -> None:
     source = dataset(tmp_path / "in")
     first, ctx = apply("subsample", source, {"matrix": "cell,gene#X", "fraction": 0.25}, seed=1)

@@ -188,6 +188,47 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     write_rows(ctx.output, name, blocks())
 
 
+EXACT_PCA_COLUMNS = 4096  # 128 MiB of float64 covariance; past it, the randomized method
+
+
+def exact_top(matrix: Any, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenvalues and eigenvectors of the covariance, from the full covariance
+    accumulated over row blocks (columns x columns memory)."""
+    n_rows, n_columns = matrix.shape
+    covariance = np.zeros((n_columns, n_columns))
+    for rows in row_blocks(n_rows, n_columns):
+        block = dense_rows(matrix, rows).astype(np.float64) - mean
+        covariance += block.T @ block
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / max(n_rows - 1, 1))
+    order = np.argsort(eigenvalues)[::-1][:k]
+    return eigenvalues[order], eigenvectors[:, order]
+
+
+def randomized_top(
+    matrix: Any, mean: np.ndarray, k: int, iterations: int = 4, oversample: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same by blocked randomized subspace iteration (Halko, Martinsson and Tropp 2011):
+    ``G <- orth(A^T A G)`` a few times, each a pass over row blocks, then the exact eigenproblem of
+    the covariance restricted to G. Memory columns x (k + oversample); a fixed seed, so the same
+    input gives the same bytes."""
+    n_rows, n_columns = matrix.shape
+    width = min(n_columns, k + oversample)
+
+    def covariance_times(g: np.ndarray) -> np.ndarray:
+        product = np.zeros((n_columns, g.shape[1]))
+        for rows in row_blocks(n_rows, n_columns):
+            block = dense_rows(matrix, rows).astype(np.float64) - mean
+            product += block.T @ (block @ g)
+        return product / max(n_rows - 1, 1)
+
+    g = np.random.default_rng(0).standard_normal((n_columns, width))
+    for _ in range(iterations):
+        g, _ = np.linalg.qr(covariance_times(g))
+    eigenvalues, eigenvectors = np.linalg.eigh(g.T @ covariance_times(g))
+    order = np.argsort(eigenvalues)[::-1][:k]
+    return eigenvalues[order], g @ eigenvectors[:, order]
+
+
 @operation(
     "pca",
     parameters={
@@ -199,28 +240,33 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
             "default": "pca",
             "description": "the result is stored as rows,pc#<output>",
         },
+        "method": {
+            "enum": ["auto", "exact", "randomized"],
+            "default": "auto",
+            "description": "exact: the full covariance (columns^2 memory); randomized: blocked "
+            "subspace iteration (columns x components memory); auto: randomized past "
+            f"{EXACT_PCA_COLUMNS} columns",
+        },
     },
 )
 def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
-    """Project rows on the top principal components (exact, from the streamed covariance)."""
+    """Project rows on the top principal components (exact, or randomized for wide matrices)."""
     name, k = params["matrix"], params["components"]
     rows_axis, _, _ = split_matrix_name(name)
     matrix = data.get_data2d(name)
     require_columns(name, matrix, k, "components")
     n_rows, n_columns = matrix.shape
-    mean, _ = column_moments(matrix)
-    covariance = np.zeros((n_columns, n_columns))
-    for rows in row_blocks(n_rows, n_columns):
-        block = dense_rows(matrix, rows).astype(np.float64) - mean
-        covariance += block.T @ block
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance / max(n_rows - 1, 1))
-    order = np.argsort(eigenvalues)[::-1][:k]
-    basis = eigenvectors[:, order]
+    mean, std = column_moments(matrix)
+    method = params["method"]
+    if method == "auto":
+        method = "exact" if n_columns <= EXACT_PCA_COLUMNS else "randomized"
+    top = randomized_top if method == "randomized" else exact_top
+    eigenvalues, basis = top(matrix, mean, k)
     # An eigenvector's sign is arbitrary: fix it so results do not depend on the LAPACK build.
     basis *= np.where(basis[np.abs(basis).argmax(axis=0), range(k)] < 0, -1.0, 1.0)
     carry(data, ctx.output)
     ctx.output.create_axis("pc", np.array([f"pc_{i + 1}" for i in range(k)], dtype=object))
-    ctx.output.set_data1d("pc#explained_variance", eigenvalues[order].astype(np.float32))
+    ctx.output.set_data1d("pc#explained_variance", eigenvalues.astype(np.float32))
     write_rows(
         ctx.output,
         f"{rows_axis},pc#{params['output']}",
@@ -229,10 +275,10 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
             for rows in row_blocks(n_rows, n_columns)
         ),
     )
-    ctx.results["explained_variance_ratio"] = float(
-        eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-300)
-    )
-    ratio = eigenvalues[order] / max(eigenvalues.sum(), 1e-300)
+    # The total variance is the covariance's trace: the columns' variances, no full spectrum needed.
+    total = max(float(np.square(std).sum()) * n_rows / max(n_rows - 1, 1), 1e-300)
+    ctx.results["explained_variance_ratio"] = float(eigenvalues.sum() / total)
+    ratio = eigenvalues / total
     ctx.figures["explained_variance"] = figure = new_figure()
     figure.subplots().bar(range(1, k + 1), ratio)
     figure.axes[0].set(xlabel="component", ylabel="explained variance ratio")
