@@ -55,6 +55,45 @@ def test_normalize_scales_rows_to_the_target_sum(tmp_path: Path, sparse: bool) -
     assert out.get_item("organism") == "test" and list(out.get_data1d("cell#type")) == list(LABELS)
 
 
+@pytest.mark.parametrize("store", ["files", "h5"])
+def test_sparse_operations_stream_row_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """normalize and log1p on the shipped daf example's sparse UMIs, in blocks of a few non-zeros
+    (as a billion non-zeros would go, in 64 MiB blocks): the input's structure, the values scipy
+    computes on the whole matrix, and the same bytes whatever the block size."""
+    from opchain.daf import H5Writer
+    from opchain.operations import builtin
+
+    cells = Path(__file__).resolve().parents[1] / "storage/example_data/cells/daf_example"
+    umis = open_reader(cells).get_data2d("cell,gene#UMIs")
+    whole = umis.astype(np.float64)
+    sums = np.asarray(whole.sum(axis=1)).ravel()
+    expected = {
+        "normalize": sp.diags(np.divide(1e4, sums, out=np.zeros_like(sums), where=sums != 0))
+        @ whole,
+        "log1p": sp.csr_matrix((np.log1p(umis.data, dtype=np.float32), umis.indices, umis.indptr)),
+    }
+    results = {}
+    for block_bytes in (builtin.BLOCK_BYTES, 8 * 7):  # 7 non-zeros a block: many blocks
+        monkeypatch.setattr(builtin, "BLOCK_BYTES", block_bytes)
+        for name, params in (("normalize", {"target_sum": 1e4}), ("log1p", {})):
+            op = get_operation(name)
+            target = tmp_path / f"{name}-{block_bytes}"
+            writer = H5Writer(target.with_suffix(".h5")) if store == "h5" else FilesWriter(target)
+            ctx = Context(writer, DataStore(), logging.getLogger("test"), None, False)
+            op.function(
+                open_reader(cells), {**op.defaults, **params, "matrix": "cell,gene#UMIs"}, ctx
+            )
+            writer.close()
+            result = open_reader(writer.path).get_data2d("cell,gene#UMIs")
+            assert sp.issparse(result) and result.dtype == np.float32
+            np.testing.assert_array_equal(result.indices, umis.indices)
+            np.testing.assert_allclose(result.toarray(), expected[name].toarray(), rtol=1e-6)
+            results.setdefault(name, []).append(np.asarray(result.data).tobytes())
+    assert all(len(set(found)) == 1 for found in results.values())
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_log1p(tmp_path: Path, sparse: bool) -> None:
     source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse else X)

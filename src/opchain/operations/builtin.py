@@ -8,12 +8,13 @@ through; sparse (CSR) matrices are processed on their memory-mapped buffers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from opchain.daf.mapping import is_sparse, sparse
+from opchain.daf.mapping import is_sparse, make_csr, sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 from opchain.report import new_figure
@@ -84,6 +85,49 @@ def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def sparse_row_blocks(indptr: np.ndarray) -> Iterator[slice]:
+    """Row ranges of a CSR matrix holding about BLOCK_BYTES / 8 non-zeros each (one row at least)."""
+    per_block = max(1, BLOCK_BYTES // 8)
+    start, n_rows = 0, len(indptr) - 1
+    while start < n_rows:
+        stop = int(np.searchsorted(indptr, indptr[start] + per_block, side="right")) - 1
+        stop = min(n_rows, max(stop, start + 1))
+        yield slice(start, stop)
+        start = stop
+
+
+def map_sparse_values(
+    out: Any,
+    name: str,
+    matrix: Any,
+    values_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    dtype: type = np.float32,
+) -> None:
+    """Write ``name``: a CSR matrix with the structure of ``matrix`` (its memory-mapped indices
+    and indptr, reused) and the values ``values_of(values, nonzeros_per_row)`` computes for each
+    block of rows. The new values go through a file-backed scratch buffer, not anonymous memory, so
+    a job's memory stays flat whatever the number of non-zeros."""
+    import tempfile  # only for sparse data: a job that never meets any does not pay for it
+
+    indptr, nnz = matrix.indptr, int(matrix.indptr[-1])
+    scratch_dir = Path(out.path) if Path(out.path).is_dir() else Path(out.path).parent
+    with tempfile.TemporaryFile(dir=scratch_dir) as scratch:
+        scratch.truncate(nnz * np.dtype(dtype).itemsize)
+        values = np.memmap(scratch, dtype, "r+", shape=(nnz,)) if nnz else np.zeros(0, dtype)
+        for rows in sparse_row_blocks(indptr):
+            low, high = int(indptr[rows.start]), int(indptr[rows.stop])
+            counts = np.diff(np.asarray(indptr[rows.start : rows.stop + 1]))
+            values[low:high] = values_of(np.asarray(matrix.data[low:high], np.float64), counts)
+        result = make_csr(
+            values,
+            matrix.indices,
+            indptr,
+            matrix.shape,
+            {"data": name, "indices": name, "indptr": name},
+        )
+        out.set_data2d(name, result)
+
+
 def write_rows(
     out: Any, name: str, blocks: Iterator[tuple[slice, np.ndarray]], dtype: str = "float32"
 ) -> None:
@@ -116,11 +160,14 @@ def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if is_sparse(matrix):
-        sp = sparse()
-        sums = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
-        factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
-        scaled = sp.diags(factors) @ matrix
-        ctx.output.set_data2d(name, sp.csr_matrix(scaled, dtype=np.float32))
+
+        def scaled(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+            rows = np.repeat(np.arange(len(counts)), counts)
+            sums = np.bincount(rows, weights=values, minlength=len(counts))
+            factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
+            return values * factors[rows]
+
+        map_sparse_values(ctx.output, name, matrix, scaled)
         return
 
     def blocks() -> Iterator[tuple[slice, np.ndarray]]:
@@ -139,11 +186,9 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if is_sparse(matrix):
-        result = sparse().csr_matrix(
-            (np.log1p(matrix.data, dtype=np.float32), matrix.indices, matrix.indptr),
-            shape=matrix.shape,
+        map_sparse_values(
+            ctx.output, name, matrix, lambda values, _: np.log1p(values, dtype=np.float32)
         )
-        ctx.output.set_data2d(name, result)
         return
     write_rows(
         ctx.output,
