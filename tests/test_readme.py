@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, Project
 
 from opchain.spec import load_chain, load_operation
@@ -67,8 +68,12 @@ def test_the_user_operation_runs_on_the_shipped_cells(example: Project) -> None:
     (example.root / "mymodule.py").write_text(code, encoding="utf-8")
     (example.root / "scale.yaml").write_text("type: mymodule:scale\n", encoding="utf-8")
     example.opchain("run-op", "scale.yaml", "example_data/cells", "--cores", "1")
-    (result,) = example.storage.glob("operation_results/*/dataset_1/metadata.yaml")
-    assert "note" in result.read_text()
+    results = [
+        yaml.safe_load(p.read_text())
+        for p in example.storage.glob("operation_results/*/dataset_1/metadata.yaml")
+    ]
+    (scaled,) = [r for r in results if r["operation"] == "scale"]
+    assert scaled["results"] == {"note": "scores go to metadata.yaml"}
 
 
 def test_the_yaml_blocks_are_valid_specs(example: Project, tmp_path: Path) -> None:
