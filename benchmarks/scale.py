@@ -150,7 +150,9 @@ def planning(args: argparse.Namespace, tmp: Path) -> None:
         print(f"| {size:,} | | | | | {seconds:.2f} | {1000 * seconds / size:.2f} |", flush=True)
         shutil.rmtree(peer)
     jobs = job_count(ours_out, "touch")
-    (n0, t0), (n1, t1) = [(n, per * n) for n, per in zip(args.peer_sizes, peer_per, strict=False)][-2:]
+    (n0, t0), (n1, t1) = [(n, per * n) for n, per in zip(args.peer_sizes, peer_per, strict=False)][
+        -2:
+    ]
     peer_at = t1 + (t1 - t0) / (n1 - n0) * (args.plan_size - n1)  # the peer is linear in N
     print(
         f"| {args.plan_size:,} | {ours_s:.2f} | {ours_rss:.0f} | {jobs:,} | {own:.1f} | "
