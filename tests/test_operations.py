@@ -213,3 +213,125 @@ def test_context_rng_is_seeded_for_random_operations_only() -> None:
     assert ctx.rng.integers(1 << 62) == np.random.default_rng(5).integers(1 << 62)
     assert ctx.rng is ctx.rng  # one generator per job: later draws continue, never restart
     assert Context(None, DataStore(), log, 5, False).rng is None
+
+
+def tiny(path: Path, rows: int) -> Path:
+    """A dataset with ``rows`` cells (0 or 1 for the edge cases) and the usual columns."""
+    with FilesWriter(path) as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(rows)], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(6)], dtype=object))
+        out.set_data1d("cell#type", LABELS[:rows])
+        out.set_data2d("cell,gene#X", X[:rows])
+    return path
+
+
+@pytest.mark.parametrize("sparse_x", [False, True])
+def test_filter_keeps_the_entries_that_pass(tmp_path: Path, sparse_x: bool) -> None:
+    source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse_x else X)
+    params = {"axis": "cell", "property": "cell#type", "op": "==", "value": "a"}
+    out, ctx = apply("filter", source, params)
+    keep = LABELS == "a"
+    kept = out.get_data2d("cell,gene#X")
+    np.testing.assert_array_equal(kept.toarray() if sparse_x else kept, X[keep])
+    assert list(out.axis_entries("cell")) == [f"c{i}" for i in np.flatnonzero(keep)]
+    assert ctx.results["kept"] == 20
+    genes, _ = apply(
+        "filter", source, {"axis": "cell", "property": "cell#type", "op": "in", "value": ["b"]}
+    )
+    assert list(genes.get_data1d("cell#type")) == ["b"] * 20
+    for rows in (0, 1):
+        empty, _ = apply("filter", tiny(tmp_path / f"t{rows}", rows), params)
+        assert empty.axis_size("cell") == rows and empty.get_data2d("cell,gene#X").shape == (
+            rows,
+            6,
+        )
+    with pytest.raises(OpchainError, match="'gene#x' is not a vector of the axis 'cell'"):
+        apply("filter", source, {**params, "property": "gene#x"})
+
+
+@pytest.mark.parametrize("method", ["sum", "mean"])
+def test_aggregate_groups_rows_by_a_property(tmp_path: Path, method: str) -> None:
+    source = dataset(tmp_path / "in")
+    out, _ = apply(
+        "aggregate", source, {"matrix": "cell,gene#X", "by": "cell#type", "method": method}
+    )
+    assert list(out.axis_entries("type")) == ["a", "b"]
+    reduce = np.sum if method == "sum" else np.mean
+    expected = np.stack([reduce(X[g == LABELS], axis=0) for g in ("a", "b")])
+    np.testing.assert_allclose(out.get_data2d("type,gene#X"), expected)
+    one, _ = apply(
+        "aggregate", tiny(tmp_path / "one", 1), {"matrix": "cell,gene#X", "by": "cell#type"}
+    )
+    np.testing.assert_array_equal(one.get_data2d("type,gene#X"), X[:1])
+    none, _ = apply(
+        "aggregate", tiny(tmp_path / "none", 0), {"matrix": "cell,gene#X", "by": "cell#type"}
+    )
+    assert none.axis_size("type") == 0
+
+
+def test_kfold_folds_are_disjoint_and_cover_the_axis(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    tests = [
+        np.asarray(apply("kfold", source, {"axis": "cell", "folds": 4, "fold": f}, seed=3)[0].get_data1d("cell#is_test"))
+        for f in range(4)
+    ]  # fmt: skip
+    assert all(t.sum() == 10 for t in tests) and np.array_equal(np.sum(tests, axis=0), np.ones(40))
+    other = np.asarray(
+        apply("kfold", source, {"axis": "cell", "folds": 4}, seed=4)[0].get_data1d("cell#is_test")
+    )
+    assert not np.array_equal(other, tests[0])  # another run, another partition
+    with pytest.raises(OpchainError, match="fold 4 is not one of the 4 folds"):
+        apply("kfold", source, {"axis": "cell", "folds": 4, "fold": 4}, seed=3)
+
+
+def test_convert_changes_dtype_and_layout(tmp_path: Path) -> None:
+    source = dataset(tmp_path / "in")
+    to_sparse, _ = apply(
+        "convert", source, {"matrix": "cell,gene#X", "dtype": "float64", "layout": "sparse"}
+    )
+    m = to_sparse.get_data2d("cell,gene#X")
+    assert sp.issparse(m) and m.dtype == np.float64
+    np.testing.assert_array_equal(m.toarray(), X.astype(np.float64))
+    back = tmp_path / "sparse_in"
+    dataset(back, sp.csr_matrix(X))
+    to_dense, _ = apply(
+        "convert", back, {"matrix": "cell,gene#X", "dtype": "int32", "layout": "dense"}
+    )
+    d = np.asarray(to_dense.get_data2d("cell,gene#X"))
+    assert d.dtype == np.int32 and np.array_equal(d, X.astype(np.int32))
+    kept, _ = apply("convert", back, {"matrix": "cell,gene#X", "dtype": "float64"})
+    assert sp.issparse(kept.get_data2d("cell,gene#X"))
+    for rows in (0, 1):
+        small, _ = apply(
+            "convert",
+            tiny(tmp_path / f"t{rows}", rows),
+            {"matrix": "cell,gene#X", "layout": "sparse"},
+        )
+        assert small.get_data2d("cell,gene#X").shape == (rows, 6)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("filter", {"axis": "cell", "property": "cell#type", "op": "~", "value": 1}, "'~' is not one of"),
+        (
+            "aggregate",
+            {"matrix": "cell,gene#X", "by": "cell#type", "method": "max"},
+            "'max' is not one of",
+        ),
+        ("kfold", {"axis": "cell", "folds": 1}, "1 is less than the minimum of 2"),
+        ("convert", {"matrix": "cell,gene#X", "dtype": "complex128"}, "'complex128' is not one of"),
+        ("filter", {"axis": "cell", "op": "=="}, "'property' is a required property"),
+    ],
+)
+def test_bad_parameters_of_new_built_ins_are_refused_at_planning(
+    tmp_path: Path, name: str, params: dict, message: str
+) -> None:
+    import yaml
+
+    from opchain.spec import load_operation
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text(yaml.safe_dump({"type": name, "parameters": params}))
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        load_operation(spec)

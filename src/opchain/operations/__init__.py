@@ -177,4 +177,4 @@ def _relative(filename: str) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else filename
 
 
-from opchain.operations import builtin  # noqa: E402, F401  (registers the built-in operations)
+from opchain.operations import builtin, reshape  # noqa: E402, F401  (registers the built-ins)

@@ -1,0 +1,193 @@
+"""Built-in operations that reshape a dataset: select entries (filter), group them (aggregate),
+cross-validate (kfold), change a matrix's dtype or layout (convert)."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from opchain.daf.mapping import is_sparse, sparse
+from opchain.errors import OpchainError
+from opchain.operations import Context, operation
+from opchain.operations.builtin import (
+    AXIS,
+    MATRIX,
+    VECTOR,
+    carry,
+    dense_rows,
+    map_sparse_values,
+    row_blocks,
+    split_matrix_name,
+    write_rows,
+)
+
+COMPARISONS = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "in": lambda values, wanted: np.isin(values, wanted),
+    "not in": lambda values, wanted: ~np.isin(values, wanted),
+}
+NUMERIC_DTYPES = [
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+]
+
+
+def vector_on(data: Any, name: str, axis: str) -> np.ndarray:
+    if name.split("#", 1)[0] != axis:
+        raise OpchainError(f"'{name}' is not a vector of the axis '{axis}'")
+    return np.asarray(data.get_data1d(name))
+
+
+def matrices(data: Any) -> Iterator[str]:
+    axes = data.axis_names()
+    for rows in axes:
+        for columns in axes:
+            yield from data.data2d_names(rows, columns)
+
+
+@operation(
+    "filter",
+    parameters={
+        "axis": {**AXIS, "description": "the axis whose entries are selected"},
+        "property": {**VECTOR, "description": "the axis' vector the condition tests"},
+        "op": {"enum": list(COMPARISONS), "default": "=="},
+        "value": {
+            "description": "compared with each entry's value (a list for in, not in)",
+            "examples": ["a"],
+        },
+    },
+)
+def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Keep the entries of an axis whose property passes a comparison (no code is evaluated)."""
+    axis, op, value = params["axis"], params["op"], params["value"]
+    if op in ("in", "not in") and not isinstance(value, list):
+        raise OpchainError(f"filter: op '{op}' needs a list value, not {value!r}")
+    values = vector_on(data, params["property"], axis)
+    keep = np.flatnonzero(COMPARISONS[op](values, value))
+    carry(data, ctx.output, rows=axis, take=keep)
+    for name in matrices(data):
+        rows, columns, _ = split_matrix_name(name)
+        matrix = data.get_data2d(name)
+        if rows == axis:
+            matrix = matrix[keep]
+        if columns == axis:
+            matrix = matrix[:, keep]
+        ctx.output.set_data2d(
+            name, sparse().csr_matrix(matrix) if is_sparse(matrix) else np.asarray(matrix)
+        )
+    ctx.results["kept"] = len(keep)
+
+
+@operation(
+    "aggregate",
+    parameters={
+        "matrix": MATRIX,
+        "by": {**VECTOR, "description": "the rows' vector whose values form the groups"},
+        "method": {"enum": ["sum", "mean"], "default": "sum"},
+        "axis": {**AXIS, "type": ["string", "null"], "default": None,
+                 "description": "the new axis of groups (default: the property's name)"},
+    },
+)  # fmt: skip
+def aggregate(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Sum or average the rows of a matrix per group of a rows' property, onto a new axis."""
+    name = params["matrix"]
+    rows, columns, prop = split_matrix_name(name)
+    groups = vector_on(data, params["by"], rows).astype(str)
+    labels, group_of = np.unique(groups, return_inverse=True)
+    group_axis = params["axis"] or params["by"].split("#", 1)[1]
+    if group_axis in data.axis_names():
+        raise OpchainError(f"aggregate: the dataset already has an axis '{group_axis}'")
+    matrix = data.get_data2d(name)
+    totals = np.zeros((len(labels), matrix.shape[1]))
+    for block in row_blocks(*matrix.shape):
+        np.add.at(totals, group_of[block], dense_rows(matrix, block).astype(np.float64))
+    if params["method"] == "mean":
+        totals /= np.maximum(np.bincount(group_of, minlength=len(labels)), 1)[:, None]
+    carry(data, ctx.output)
+    ctx.output.create_axis(group_axis, labels.astype(object))
+    ctx.output.set_data2d(f"{group_axis},{columns}#{prop}", totals)
+    ctx.results["groups"] = len(labels)
+
+
+@operation(
+    "kfold",
+    random=True,
+    parameters={
+        "axis": {**AXIS, "description": "the axis whose entries are split into folds"},
+        "folds": {"type": "integer", "minimum": 2, "default": 5},
+        "fold": {"type": "integer", "minimum": 0, "default": 0,
+                 "description": "the fold marked as test: a range over 0..folds-1 gives one dataset per fold"},
+    },
+)  # fmt: skip
+def kfold(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Mark fold ``fold`` of a random k-fold partition of ``axis`` as test (``axis#is_test``);
+    every fold of one run draws the same partition, so the folds are disjoint and cover the axis."""
+    axis, folds, fold = params["axis"], params["folds"], params["fold"]
+    if fold >= folds:
+        raise OpchainError(f"kfold: fold {fold} is not one of the {folds} folds 0..{folds - 1}")
+    size = data.axis_size(axis)
+    assert ctx.rng is not None
+    order = ctx.rng.permutation(size)
+    is_test = np.zeros(size, dtype=bool)
+    is_test[order[fold::folds]] = True
+    carry(data, ctx.output)
+    for name in matrices(data):
+        ctx.output.set_data2d(name, data.get_data2d(name))
+    ctx.output.set_data1d(f"{axis}#is_test", is_test)
+    ctx.results["test_entries"] = int(is_test.sum())
+
+
+@operation(
+    "convert",
+    parameters={
+        "matrix": MATRIX,
+        "dtype": {"enum": NUMERIC_DTYPES, "default": "float32"},
+        "layout": {"enum": ["keep", "dense", "sparse"], "default": "keep"},
+    },
+)
+def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
+    """Change a matrix's element type and, or, its layout (dense or sparse CSR)."""
+    name, dtype, layout = params["matrix"], np.dtype(params["dtype"]), params["layout"]
+    matrix = data.get_data2d(name)
+    carry(data, ctx.output)
+    for other in matrices(data):
+        if other != name:
+            ctx.output.set_data2d(other, data.get_data2d(other))
+    sparse_in = is_sparse(matrix)
+    if layout == "sparse" or (layout == "keep" and sparse_in):
+        if sparse_in:
+            map_sparse_values(ctx.output, name, matrix, lambda values, _: values, dtype)
+        else:
+            blocks = [
+                sparse().csr_matrix(dense_rows(matrix, b).astype(dtype))
+                for b in row_blocks(*matrix.shape)
+            ]
+            stacked = (
+                sparse().vstack(blocks, format="csr")
+                if blocks
+                else sparse().csr_matrix(matrix.shape, dtype=dtype)
+            )
+            ctx.output.set_data2d(name, stacked)
+        return
+    write_rows(
+        ctx.output,
+        name,
+        ((b, dense_rows(matrix, b)) for b in row_blocks(*matrix.shape)),
+        dtype.name,
+    )
