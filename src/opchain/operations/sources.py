@@ -15,10 +15,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opchain.errors import SpecError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["ENTRY_POINTS", "Source", "find", "project_folder", "set_project_folder", "sources"]
 
@@ -86,6 +89,8 @@ def find(name: str, *, builtins: dict[str, object], checked: bool = False) -> ob
 
 @cache
 def _entry_points() -> tuple[EntryPoint, ...]:
+    from importlib.metadata import entry_points  # ~18 ms: only when a name is not a built-in
+
     return tuple(entry_points(group=ENTRY_POINTS))
 
 
