@@ -95,3 +95,17 @@ def test_a_closed_pipe_ends_the_command_quietly(project: Project) -> None:
 def test_help_is_plain_text(project: Project) -> None:
     text = project.opchain("--help").stdout
     assert "``" not in text and "compare results" in text
+
+
+def test_a_damaged_index_is_rebuilt_without_planning(project: Project) -> None:
+    """A zero-byte or corrupt entry stops planning with a line that says to rebuild; the rebuild
+    itself must not plan (it would stop the same way), and afterwards nothing is left to do."""
+    project.snakemake()
+    entry = next((project.storage / ".opchain" / "steps").iterdir())
+    entry.write_bytes(b"")
+    (project.storage / ".opchain" / "chains" / "basic").write_text("{not json")
+    refused = project.opchain("status", check=False)
+    assert refused.returncode == 1 and "run 'opchain index --rebuild'" in refused.stderr
+    assert "index rebuilt: 5 steps" in project.opchain("index", "--rebuild").stdout
+    again = project.snakemake()
+    assert "Nothing to be done" in again.stdout + again.stderr
