@@ -136,3 +136,10 @@ def test_builtin_operations_make_their_figures(tmp_path: Path) -> None:
     assert sum(bar.get_height() for bar in bars) == 40  # every row in one cluster
     urls = save_figures(centroid.figures, tmp_path / "figures", tmp_path, tmp_path / "figures")
     assert (tmp_path / "figures" / "confusion_matrix.png").is_file() and len(urls) == 1
+
+
+def test_report_lists_the_figures_operations_made(report: Path, tmp_path: Path) -> None:
+    """pca's own figures (saved by its jobs beside the datastore) are in the chain's report."""
+    listing = browse(report, ["digits", "pca"], tmp_path)
+    assert "explained_variance - run 0,1,2 - first_half - components=10" in listing
+    assert "first_components - run 0,1,2 - second_half - components=20" in listing
