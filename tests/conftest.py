@@ -54,6 +54,12 @@ class Project:
     ) -> subprocess.CompletedProcess[str]:
         return self._run(self.snakemake_command(*args), check, env, umask)
 
+    def start_snakemake(self) -> subprocess.Popen[bytes]:
+        """A snakemake run in the background, in its own session (so a test can kill it whole)."""
+        return subprocess.Popen(self.snakemake_command(), cwd=self.root, env=self.env(),
+                                start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+
     def opchain(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:

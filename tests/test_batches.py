@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -153,14 +152,7 @@ def test_a_killed_batch_keeps_its_finished_datasets(tmp_path: Path) -> None:
         "config/operations/slow.yaml",
         "type: myops:slow\nbatch: 8\nparameter_ranges: {seconds: [0, 0.01, 0.02, 60]}\n",
     )
-    process = subprocess.Popen(
-        project.snakemake_command(),
-        cwd=project.root,
-        env=project.env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = project.start_snakemake()
     finished = "operation_chain_results/*/*/dataset_*/metadata.yaml"
     deadline = time.time() + 120
     # One job computes all 8 datasets in order; dataset_4 sleeps: kill it there.

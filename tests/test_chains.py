@@ -241,14 +241,7 @@ def test_killed_step_leaves_no_result_and_only_it_reruns(project: Project) -> No
         "input_path: inputs\nruns: 1\noperations:\n  - add_one.yaml\n  - slow.yaml\n",
     )
     project.edit("config/operations/slow.yaml", "type: myops:slow\nparameters: {seconds: 60}\n")
-    process = subprocess.Popen(
-        project.snakemake_command(),
-        cwd=project.root,
-        env=project.env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = project.start_snakemake()
     deadline = time.time() + 120
     results = "operation_chain_results/*/*/dataset_*/metadata.yaml"
     while not (

@@ -13,27 +13,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from daf_fuzz import Mutation, make_dataset, mutations, run_one
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_daf import small
 
-from opchain.daf import H5Writer, Reader, Writer, open_reader
+from opchain.daf import H5Writer, Reader, open_reader
 from opchain.daf.files import FilesWriter
 from opchain.errors import DafError
-
-
-def small(writer: Writer) -> None:
-    writer.set_item("organism", "human")
-    writer.create_axis("cell", ["c1", "c2", "c3"])
-    writer.create_axis("gene", ["g1", "g2"])
-    writer.set_data1d("cell#score", np.array([1.5, -2.0, 3.25], dtype="float32"))
-    writer.set_data1d("cell#type", np.array(["T", None, ""], dtype=object))
-    writer.set_data2d("cell,gene#UMIs", np.arange(6, dtype="int32").reshape(3, 2))
-    writer.set_data2d("cell,gene#sparse", sp.csr_matrix(np.array([[0, 1.0], [0, 0], [2.0, 0]])))
-    writer.set_data2d(
-        "gene,cell#note", np.array([["a", None, "b"], [None, "c", None]], dtype=object)
-    )
 
 
 @pytest.fixture

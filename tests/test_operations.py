@@ -313,7 +313,11 @@ def test_convert_changes_dtype_and_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("filter", {"axis": "cell", "property": "cell#type", "op": "~", "value": 1}, "'~' is not one of"),
+        (
+            "filter",
+            {"axis": "cell", "property": "cell#type", "op": "~", "value": 1},
+            "'~' is not one of",
+        ),
         (
             "aggregate",
             {"matrix": "cell,gene#X", "by": "cell#type", "method": "max"},

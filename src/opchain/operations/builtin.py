@@ -393,12 +393,18 @@ def split(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.results["test_entries"] = int(is_test.sum())
 
 
-def copy_matrices(data: Any, out: Any) -> None:
+def matrix_names(data: Any) -> Iterator[str]:
+    """Every ``rows,columns#property`` of the dataset."""
     axes = data.axis_names()
     for rows in axes:
         for columns in axes:
-            for name in data.data2d_names(rows, columns):
-                out.set_data2d(name, data.get_data2d(name))
+            yield from data.data2d_names(rows, columns)
+
+
+def copy_matrices(data: Any, out: Any, *, but: str | None = None) -> None:
+    for name in matrix_names(data):
+        if name != but:
+            out.set_data2d(name, data.get_data2d(name))
 
 
 @operation(

@@ -4,12 +4,11 @@ cross-validate (kfold), change a matrix's dtype or layout (convert)."""
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from opchain.daf.mapping import is_sparse, sparse
+from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 from opchain.operations.builtin import (
@@ -17,8 +16,10 @@ from opchain.operations.builtin import (
     MATRIX,
     VECTOR,
     carry,
+    copy_matrices,
     dense_rows,
     map_sparse_values,
+    matrix_names,
     row_blocks,
     split_matrix_name,
     write_rows,
@@ -34,31 +35,13 @@ COMPARISONS = {
     "in": lambda values, wanted: np.isin(values, wanted),
     "not in": lambda values, wanted: ~np.isin(values, wanted),
 }
-NUMERIC_DTYPES = [
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-]
+NUMERIC_DTYPES = [d for d in DTYPES if d != "float16"]  # scipy.sparse has no float16
 
 
 def vector_on(data: Any, name: str, axis: str) -> np.ndarray:
     if name.split("#", 1)[0] != axis:
         raise OpchainError(f"'{name}' is not a vector of the axis '{axis}'")
     return np.asarray(data.get_data1d(name))
-
-
-def matrices(data: Any) -> Iterator[str]:
-    axes = data.axis_names()
-    for rows in axes:
-        for columns in axes:
-            yield from data.data2d_names(rows, columns)
 
 
 @operation(
@@ -81,7 +64,7 @@ def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
     values = vector_on(data, params["property"], axis)
     keep = np.flatnonzero(COMPARISONS[op](values, value))
     carry(data, ctx.output, rows=axis, take=keep)
-    for name in matrices(data):
+    for name in matrix_names(data):
         rows, columns, _ = split_matrix_name(name)
         matrix = data.get_data2d(name)
         if rows == axis:
@@ -147,8 +130,7 @@ def kfold(data: Any, params: dict[str, Any], ctx: Context) -> None:
     is_test = np.zeros(size, dtype=bool)
     is_test[order[fold::folds]] = True
     carry(data, ctx.output)
-    for name in matrices(data):
-        ctx.output.set_data2d(name, data.get_data2d(name))
+    copy_matrices(data, ctx.output)
     ctx.output.set_data1d(f"{axis}#is_test", is_test)
     ctx.results["test_entries"] = int(is_test.sum())
 
@@ -166,9 +148,7 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
     name, dtype, layout = params["matrix"], np.dtype(params["dtype"]), params["layout"]
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
-    for other in matrices(data):
-        if other != name:
-            ctx.output.set_data2d(other, data.get_data2d(other))
+    copy_matrices(data, ctx.output, but=name)
     sparse_in = is_sparse(matrix)
     if layout == "sparse" or (layout == "keep" and sparse_in):
         if sparse_in:
