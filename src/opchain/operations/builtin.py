@@ -10,6 +10,7 @@ streams through; pca past 4,096 columns keeps columns x components, not columns^
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,18 @@ def sparse_row_blocks(indptr: np.ndarray) -> Iterator[slice]:
         start = stop
 
 
+@contextmanager
+def scratch(out: Any, length: int, dtype: Any) -> Iterator[np.ndarray]:
+    """A writable array of ``length`` elements backed by an unnamed file beside the output, not by
+    anonymous memory: a job's memory stays flat whatever the size (it lives as long as the block)."""
+    import tempfile  # only for sparse data: a job that never meets any does not pay for it
+
+    folder = Path(out.path) if Path(out.path).is_dir() else Path(out.path).parent
+    with tempfile.TemporaryFile(dir=folder) as file:
+        file.truncate(length * np.dtype(dtype).itemsize)
+        yield np.memmap(file, dtype, "r+", shape=(length,)) if length else np.zeros(0, dtype)
+
+
 def map_sparse_values(
     out: Any,
     name: str,
@@ -106,27 +119,18 @@ def map_sparse_values(
 ) -> None:
     """Write ``name``: a CSR matrix with the structure of ``matrix`` (its memory-mapped indices
     and indptr, reused) and the values ``values_of(values, nonzeros_per_row)`` computes for each
-    block of rows. The new values go through a file-backed scratch buffer, not anonymous memory, so
-    a job's memory stays flat whatever the number of non-zeros."""
-    import tempfile  # only for sparse data: a job that never meets any does not pay for it
-
-    indptr, nnz = matrix.indptr, int(matrix.indptr[-1])
-    scratch_dir = Path(out.path) if Path(out.path).is_dir() else Path(out.path).parent
-    with tempfile.TemporaryFile(dir=scratch_dir) as scratch:
-        scratch.truncate(nnz * np.dtype(dtype).itemsize)
-        values = np.memmap(scratch, dtype, "r+", shape=(nnz,)) if nnz else np.zeros(0, dtype)
+    block of rows, through a :func:`scratch` buffer."""
+    indptr = matrix.indptr
+    with scratch(out, int(indptr[-1]), dtype) as values:
         for rows in sparse_row_blocks(indptr):
             low, high = int(indptr[rows.start]), int(indptr[rows.stop])
             counts = np.diff(np.asarray(indptr[rows.start : rows.stop + 1]))
             values[low:high] = values_of(np.asarray(matrix.data[low:high], np.float64), counts)
-        result = make_csr(
-            values,
-            matrix.indices,
-            indptr,
-            matrix.shape,
-            {"data": name, "indices": name, "indptr": name},
-        )
-        out.set_data2d(name, result)
+        out.set_data2d(name, csr_over(values, matrix.indices, indptr, matrix.shape, name))
+
+
+def csr_over(values: Any, indices: Any, indptr: Any, shape: tuple[int, int], name: str) -> Any:
+    return make_csr(values, indices, indptr, shape, {"data": name, "indices": name, "indptr": name})
 
 
 def write_rows(

@@ -17,10 +17,12 @@ from opchain.operations.builtin import (
     VECTOR,
     carry,
     copy_matrices,
+    csr_over,
     dense_rows,
     map_sparse_values,
     matrix_names,
     row_blocks,
+    scratch,
     split_matrix_name,
     write_rows,
 )
@@ -154,16 +156,7 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
         if sparse_in:
             map_sparse_values(ctx.output, name, matrix, lambda values, _: values, dtype)
         else:
-            blocks = [
-                sparse().csr_matrix(dense_rows(matrix, b).astype(dtype))
-                for b in row_blocks(*matrix.shape)
-            ]
-            stacked = (
-                sparse().vstack(blocks, format="csr")
-                if blocks
-                else sparse().csr_matrix(matrix.shape, dtype=dtype)
-            )
-            ctx.output.set_data2d(name, stacked)
+            dense_to_sparse(ctx.output, name, matrix, dtype)
         return
     write_rows(
         ctx.output,
@@ -171,3 +164,21 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
         ((b, dense_rows(matrix, b)) for b in row_blocks(*matrix.shape)),
         dtype.name,
     )
+
+
+def dense_to_sparse(out: Any, name: str, matrix: Any, dtype: np.dtype) -> None:
+    """CSR from a dense matrix in two passes over row blocks (count, then fill scratch buffers),
+    so memory stays flat whatever the size."""
+    blocks = list(row_blocks(*matrix.shape))
+    counts = [np.count_nonzero(dense_rows(matrix, b), axis=1) for b in blocks]
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts or [[]]))]).astype(np.int64)
+    nnz = int(indptr[-1])
+    index = np.int32 if max(nnz, matrix.shape[1]) < 2**31 else np.int64  # as scipy chooses
+    with scratch(out, nnz, dtype) as values, scratch(out, nnz, index) as indices:
+        for block in blocks:
+            rows = dense_rows(matrix, block)
+            nonzero = np.nonzero(rows)  # row-major order: CSR's
+            low, high = int(indptr[block.start]), int(indptr[block.stop])
+            values[low:high] = rows[nonzero]
+            indices[low:high] = nonzero[1]
+        out.set_data2d(name, csr_over(values, indices, indptr.astype(index), matrix.shape, name))
