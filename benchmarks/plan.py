@@ -9,9 +9,10 @@ summary holding one tiny daf dataset (2x2 float64), and one user operation, ``be
 declared ``random=True`` (so the runs of a chain share no step) that copies its input; it draws no
 random numbers, so its jobs never make ``ctx.rng`` (an operation that does pays ~10 ms more per job
 for importing numpy.random). Every chain overrides the operation's ``tag`` parameter with its own
-number, so no two chains share a fingerprint: the DAG has exactly ``size`` jobs of rule ``step``
-(one per result dataset), plus one ``chain_manifest`` job per chain and ``all``. The ``step`` count
-is read back from Snakemake's "Job stats" table and printed.
+number, so no two chains share a fingerprint: every step has one dataset, so the DAG has exactly
+``size`` jobs of the operation's rule ``touch`` (one batch of one dataset each), plus one
+``chain_manifest`` and one ``chain_report`` job per chain and ``all``. The ``touch`` count is read
+back from Snakemake's "Job stats" table and printed.
 
 The peer is a hand-written Snakefile with the same chains: one wildcard rule
 ``step`` (``out/{chain}/{run}/{i}.txt``, its input the previous step's output, given by an input
@@ -32,7 +33,7 @@ startup floor of any ``snakemake`` command: ``python -m snakemake --version`` (i
 and importing Snakemake's CLI), best of 3.
 
 Part 2, execution. A 1-chain x ``--exec-steps`` (100) operations x 1-run opchain chain of the
-trivial operation (100 sequential ``step`` jobs, each a ``python -m opchain.run`` shell command
+trivial operation (100 sequential ``touch`` jobs, each a ``python -m opchain.run`` shell command
 that imports opchain, reads a daf dataset and writes one atomically with its metadata; plus the
 chain's ``chain_manifest`` job, a ``script:`` job) against two plain Snakefiles of 100 sequential
 ``script:`` jobs (Snakemake starts a fresh Python interpreter per job for both sides): one whose
