@@ -12,7 +12,14 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["aside_path", "create_exclusive", "pid_alive", "remove_leftovers", "write_atomic"]
+__all__ = [
+    "aside_path",
+    "create_exclusive",
+    "create_new",
+    "pid_alive",
+    "remove_leftovers",
+    "write_atomic",
+]
 
 HOST = os.uname().nodename.replace("-", "_")  # '-' separates the fields of an aside name
 
@@ -76,15 +83,22 @@ def create_exclusive(path: Path, data: bytes | str) -> bool:
     except FileExistsError:
         return False
     except OSError:  # no hard links on this filesystem
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(data.encode() if isinstance(data, str) else data)
-        return True
+        return create_new(path, data)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def create_new(path: Path, data: bytes | str) -> bool:
+    """Create ``path`` with ``data`` unless it exists (then False): O_EXCL, atomic on local
+    filesystems and NFS v3+, in one file operation; the content is written just after, so a reader
+    may briefly see the file empty (:func:`create_exclusive` never shows it so)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    return True
 
 
 def _write_aside(path: Path, data: bytes | str) -> Path:

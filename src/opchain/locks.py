@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from opchain.atomic import HOST, pid_alive
+from opchain.atomic import HOST, create_new, pid_alive
 
 __all__ = ["LOCKS_DIR", "hold"]
 
@@ -56,18 +56,6 @@ def _break(lock: Path, stale: str) -> None:
     broken.unlink()
 
 
-def _create(lock: Path, owner: str) -> bool:
-    """O_EXCL, atomic on local filesystems and NFS v3+; one file operation, so cheap per dataset
-    (a lock seen empty, before its owner wrote it, counts as live until it is old)."""
-    try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(owner)
-    return True
-
-
 @contextmanager
 def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     """Hold the lock ``name`` (a path-like key, '/' allowed) for the duration of the block,
@@ -75,7 +63,9 @@ def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     lock = storage / LOCKS_DIR / name.replace("/", "%")
     lock.parent.mkdir(parents=True, exist_ok=True)
     owner = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
-    while not _create(lock, owner):
+    # One cheap create per dataset; a lock seen empty (its owner is writing it) counts as live
+    # until it is old.
+    while not create_new(lock, owner):
         stale = _stale_owner(lock)
         if stale is not None:
             _break(lock, stale)
