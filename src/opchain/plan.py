@@ -204,13 +204,22 @@ class Step:
             "fingerprint": self.fingerprint,
             "components": self._point,
             "format": self.components["format"],
-            "source": {
-                "file": str(op.path),
-                "type": op.type,
-                "overridden_params": op.overrides,
-                "settings": list(self.settings),
-            },
+            "source": self.source_file,  # the step's whole grid: read once, not in every batch
             "datasets": datasets,
+        }
+
+    @property
+    def source_file(self) -> str:
+        return f"{JOBS_DIR}/{rule_name(self.operation.operation.name)}/{self.label}/source.json"
+
+    def source(self) -> dict[str, Any]:
+        """What the step's source_operation.yaml records: the operation as it runs."""
+        op = self.operation
+        return {
+            "file": str(op.path),
+            "type": op.type,
+            "overridden_params": op.overrides,
+            "settings": list(self.settings),
         }
 
 
@@ -332,11 +341,12 @@ class Plan:
                 chain = next(c for c in self.chains if c.dir == reservation.dir)
                 chain.dir, chain.key = final, key
         for step in self.steps.values():
+            if step.incomplete:
+                Path(step.source_file).parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(Path(step.source_file), canonical_json(step.source()))
             for b in step.incomplete:
                 spec = step.job_spec(b, self.storage, snakemake_version)
-                job_file = Path(step.marker(b) + ".json")
-                job_file.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(job_file, canonical_json(spec))
+                write_atomic(Path(step.marker(b) + ".json"), canonical_json(spec))
         for chain in self.chains:
             manifest = {"storage": str(self.storage), "dir": chain.dir, **chain.manifest()}
             Path(chain.spec_file).parent.mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,9 @@ def run_batch(spec: dict[str, Any]) -> list[Path]:
                     _make_dataset(operation, spec, dataset, output, index, step_log, meter)
     source = step_dir / "source_operation.yaml"
     if not source.exists():
-        write_atomic(step_dir / "source_operation.original.yaml", _original(spec["source"]))
-        write_atomic(source, source_operation(spec["source"]))
+        ran = json.loads(Path(spec["source"]).read_text(encoding="utf-8"))
+        write_atomic(step_dir / "source_operation.original.yaml", _original(ran))
+        write_atomic(source, source_operation(ran))
     return outputs
 
 
