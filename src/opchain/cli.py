@@ -234,10 +234,6 @@ def settings_change(before: list[dict[str, Any]] | None, now: list[dict[str, Any
     )
 
 
-def step_done(plan: Plan, step: Step) -> bool:
-    return all((plan.storage / out).is_dir() for out in step.outputs)
-
-
 def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
     manifest = plan.storage / chain.dir / "chain.yaml"
     last = yaml.safe_load(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
@@ -245,7 +241,7 @@ def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
     for r, steps in enumerate(chain.runs):
         old = (last.get("runs") or [])[r]["steps"] if r < len(last.get("runs") or []) else []
         for i, step in enumerate(steps):
-            done = step_done(plan, step)
+            done = not step.incomplete  # as the plan tells snakemake: they agree
             rows.append(
                 {
                     "chain": chain.spec.name,
@@ -283,7 +279,7 @@ def show_list(plan: Plan) -> int:
         print(f"{chain.spec.name}: {plan.storage / chain.dir}")
         for r, steps in enumerate(chain.runs):
             for i, step in enumerate(steps):
-                state = "done" if step_done(plan, step) else "missing"
+                state = "missing" if step.incomplete else "done"
                 print(
                     f"  run {r} step {i + 1} {step.operation.operation.name:<16} {step.dir} ({state})"
                 )
