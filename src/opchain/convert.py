@@ -110,13 +110,14 @@ def _from_npz(source: Path, out: FilesWriter, rows: str, columns: str) -> None:
         if "format" in archive and "indptr" in archive:  # scipy.sparse.save_npz
             import scipy.sparse as sp
 
-            matrices = {"value": sp.load_npz(source)}
+            matrices = {"value": _matrix(str(source), sp.load_npz(source))}
         else:
             matrices = {key: _matrix(f"{source}:{key}", archive[key]) for key in archive.files}
     _write_matrices(out, matrices, rows, columns)
 
 
 def _write_matrices(out: FilesWriter, matrices: dict[str, Any], rows: str, columns: str) -> None:
+    """Matrices already as daf stores them (:func:`_matrix`), on generated axis names."""
     shapes = {m.shape for m in matrices.values()}
     if len(shapes) != 1:
         raise OpchainError(f"the matrices have different shapes {sorted(shapes)}")
@@ -124,7 +125,7 @@ def _write_matrices(out: FilesWriter, matrices: dict[str, Any], rows: str, colum
     out.create_axis(rows, _names(range(n_rows)))
     out.create_axis(columns, _names(range(n_columns)))
     for key, matrix in matrices.items():
-        out.set_data2d(f"{rows},{columns}#{key}", _matrix(key, matrix))
+        out.set_data2d(f"{rows},{columns}#{key}", matrix)
 
 
 def _from_csv(source: Path, out: FilesWriter, rows: str, columns: str) -> None:
