@@ -119,10 +119,6 @@ class Step:
         return n_inputs * len(self.settings)
 
     @property
-    def outputs(self) -> list[str]:
-        return [f"{self.dir}/dataset_{k}" for k in range(1, self.size + 1)]
-
-    @property
     def batches(self) -> int:
         return math.ceil(self.size / self.batch)
 
