@@ -68,8 +68,9 @@ import os
 import shutil
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ from opchain.daf.mapping import (
     is_sparse,
     make_csr,
     map_file,
+    mapped_file,
     write_array,
 )
 from opchain.errors import DafError
@@ -145,7 +147,9 @@ def _write_text(path: Path, text: str) -> None:
         file.write(text)
 
 
-def _read_csv(path: Path, header: list[list[str]], width: int) -> tuple[list[list[str]], list[int]]:
+def _read_csv(
+    path: Path, header: list[list[str]], width: int
+) -> tuple[list[list[str]], Sequence[int]]:
     """The ``width`` columns of the rows after the header, and the line number of each row.
 
     The header must be one of ``header`` (the accepted header rows) and every row must have
@@ -159,12 +163,15 @@ def _read_csv(path: Path, header: list[list[str]], width: int) -> tuple[list[lis
     except UnicodeDecodeError as error:
         raise DafError(f"{path}: malformed CSV (not UTF-8: {error.reason})") from None
     if '"' not in text and "\r" not in text:  # the common case: one line per row, no quoting
-        all_lines = text.split("\n")
-        numbers = [number for number, line in enumerate(all_lines, start=1) if line]
-        lines = [line for line in all_lines if line]
+        lines = text.removesuffix("\n").split("\n")
+        numbers: Sequence[int] = range(1, len(lines) + 1)
+        if "\n\n" in text or not lines[0]:  # blank lines: skipped, numbered as in the file
+            numbers = [number for number, line in zip(numbers, lines, strict=True) if line]
+            lines = [line for line in lines if line]
         rows: list[list[str]] = [line.split(",") for line in lines[:1]]
         body = lines[1:]
-        cells = ",".join(body).split(",") if body else []
+        one_field = width == 1 and "," not in text  # then every line is one field as it is
+        cells = body if one_field else ",".join(body).split(",") if body else []
         if len(cells) != width * len(body):
             for number, line in zip(numbers[1:], body, strict=True):
                 _check_width(path, number, line.count(",") + 1, width)
@@ -565,14 +572,7 @@ class FilesWriter(FilesReader, Writer):
                 array = getattr(matrix, suffix)
                 dtypes[suffix] = np.dtype(array.dtype.name).newbyteorder("<")
                 self._write_raw(f"{stem}.{suffix}", array, dtypes[suffix])
-            sidecar = {
-                "data_dtype": dtypes["data"].name,
-                "indices_dtype": dtypes["indices"].name,
-                "indptr_dtype": dtypes["indptr"].name,
-                "nnz": int(matrix.indptr[-1]),
-                "shape": shape,
-            }
-            self._write_sidecar(stem, sidecar)
+            self._write_sparse_sidecar(stem, dtypes, shape, int(matrix.indptr[-1]))
             kind = "sparse"
         elif matrix.dtype == object:
             lines = [_csv_line(*_headers_2d(rows, columns, prop)[0])]
@@ -597,8 +597,38 @@ class FilesWriter(FilesReader, Writer):
         self, rows: str, columns: str, prop: str, dtype: np.dtype, shape: tuple[int, int]
     ) -> Iterator[np.ndarray]:
         stem = f"{rows},{columns}#{prop}"
-        path = self._dir / f"{stem}.array"
-        size = shape[0] * shape[1] * dtype.itemsize
+        with self._filled(f"{stem}.array", dtype, shape) as array:
+            yield array
+        self._write_sidecar(stem, {"dtype": dtype.name, "shape": list(shape)})
+        self._matrices.setdefault((rows, columns), {})[prop] = "array"
+
+    @contextmanager
+    def _create_sparse_values(
+        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
+    ) -> Iterator[np.ndarray]:
+        stem = f"{rows},{columns}#{prop}"
+        dtypes = {"data": dtype}
+        try:
+            for suffix in ("indices", "indptr"):
+                array = getattr(like, suffix)
+                dtypes[suffix] = np.dtype(array.dtype.name).newbyteorder("<")
+                self._write_raw(f"{stem}.{suffix}", array, dtypes[suffix])
+            nnz = int(like.indptr[-1])
+            with self._filled(f"{stem}.data", dtype, (nnz,)) as values:
+                yield values
+        except BaseException:
+            for suffix in dtypes:
+                (self._dir / f"{stem}.{suffix}").unlink(missing_ok=True)
+            raise
+        self._write_sparse_sidecar(stem, dtypes, list(like.shape), nnz)
+        self._matrices.setdefault((rows, columns), {})[prop] = "sparse"
+
+    @contextmanager
+    def _filled(self, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        """A new zero-filled file ``name`` mapped as a writable :class:`RowsMemmap`; removed if
+        the block raises."""
+        path = self._dir / name
+        size = prod(shape) * dtype.itemsize
         with open(path, "wb") as file:
             file.truncate(size)  # a sparse file: no disk writes until the data is written
         if not size:
@@ -617,12 +647,33 @@ class FilesWriter(FilesReader, Writer):
             if file is not None:
                 array.attach(None)  # type: ignore[attr-defined]
                 file.close()
-        self._write_sidecar(stem, {"dtype": dtype.name, "shape": list(shape)})
-        self._matrices.setdefault((rows, columns), {})[prop] = "array"
 
     def _write_raw(self, name: str, array: np.ndarray, dtype: np.dtype) -> None:
+        """Write ``array`` to the file ``name``; a whole read-only mapped file of a dataset is
+        hard-linked instead (datasets' files are never changed in place, only replaced)."""
+        source = mapped_file(array, dtype)
+        if source is not None:
+            try:
+                os.link(source, self._dir / name)
+                return
+            except OSError:
+                pass  # another file system, or no hard links there: copy the bytes
         with open(self._dir / name, "wb", buffering=0) as file:
             write_array(file, array, dtype)
+
+    def _write_sparse_sidecar(
+        self, stem: str, dtypes: dict[str, np.dtype], shape: list[int], nnz: int
+    ) -> None:
+        self._write_sidecar(
+            stem,
+            {
+                "data_dtype": dtypes["data"].name,
+                "indices_dtype": dtypes["indices"].name,
+                "indptr_dtype": dtypes["indptr"].name,
+                "nnz": nnz,
+                "shape": shape,
+            },
+        )
 
     def _write_sidecar(self, stem: str, content: dict[str, Any]) -> None:
         _write_text(self._dir / f"{stem}.yaml", yaml.safe_dump({**content, "version": [1, 0]}))

@@ -417,7 +417,34 @@ class H5Writer(H5Reader, Writer):
         self, rows: str, columns: str, prop: str, dtype: np.dtype, shape: tuple[int, int]
     ) -> Iterator[np.ndarray]:
         name = f"{rows},{columns}#{prop}"
-        dataset = self._create_contiguous(self._group, name, shape, dtype)
+        with self._filled(self._group, name, dtype, shape) as (array, dataset):
+            yield array
+        self._matrices.setdefault((rows, columns), {})[prop] = dataset
+
+    @contextmanager
+    def _create_sparse_values(
+        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
+    ) -> Iterator[np.ndarray]:
+        name = f"{rows},{columns}#{prop}"
+        group = self._group.create_group(name)
+        try:
+            group.attrs["shape"] = np.array(like.shape, dtype="int64")
+            for part in ("indices", "indptr"):
+                self._write_dense(group, part, getattr(like, part))
+            with self._filled(group, "data", dtype, (int(like.indptr[-1]),)) as (values, _):
+                yield values
+        except BaseException:
+            del self._group[name]
+            raise
+        self._matrices.setdefault((rows, columns), {})[prop] = group
+
+    @contextmanager
+    def _filled(
+        self, parent: h5py.Group, name: str, dtype: np.dtype, shape: tuple[int, ...]
+    ) -> Iterator[tuple[np.ndarray, h5py.Dataset]]:
+        """A new dataset ``name`` mapped as a writable :class:`RowsMemmap`; removed if the block
+        raises."""
+        dataset = self._create_contiguous(parent, name, shape, dtype)
         offset = dataset.id.get_offset()
         file = None
         if offset is None:
@@ -428,15 +455,14 @@ class H5Writer(H5Reader, Writer):
             file = open(self._target, "r+b", buffering=0)  # noqa: SIM115 - closed below
             array.attach(file, offset)
         try:
-            yield array  # no msync: like every other write, the data is in the page cache
+            yield array, dataset  # no msync: like every other write, the data is in the page cache
         except BaseException:
-            del self._group[name]
+            del parent[name]
             raise
         finally:
             if file is not None:
                 array.attach(None)  # type: ignore[attr-defined]
                 file.close()
-        self._matrices.setdefault((rows, columns), {})[prop] = dataset
 
     def _write_dense(self, parent: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
         what = f"{parent.name}/{name} in the dataset: {self.path}"

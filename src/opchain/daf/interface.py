@@ -54,6 +54,11 @@ from opchain.atomic import aside_path
 from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import DafError
 
+#: The axis entries that datasets returned (read-only, checked: unique non-empty strings), by id,
+#: so that copying an axis, ``create_axis(axis, reader.axis_entries(axis))``, does not check them
+#: again (that check is most of the cost of copying an axis of millions of entries).
+_CHECKED_ENTRIES: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+
 __all__ = [
     "DTYPES",
     "FORMAT_VERSION",
@@ -426,7 +431,9 @@ class Reader(ABC):
     def axis_entries(self, axis: str) -> np.ndarray:
         """The entries of ``axis``: a read-only object array of unique, non-empty ``str``."""
         self._require_axis(axis)
-        return self._cached(("axis", axis), lambda: self._axis_entries(axis))
+        entries = self._cached(("axis", axis), lambda: self._axis_entries(axis))
+        _CHECKED_ENTRIES[id(entries)] = entries
+        return entries
 
     def axis_size(self, axis: str) -> int:
         """The number of entries of ``axis``."""
@@ -574,7 +581,7 @@ class Writer(Reader):
         """Complete the dataset and move it into place. Further use raises a :class:`DafError`."""
         if not self._closed:
             if self._pending:
-                raise DafError(f"close() inside create_dense_in_rows in the dataset: {self.path}")
+                raise DafError(f"close() while 2D data is being filled in the dataset: {self.path}")
             self._closed = True
             try:
                 self._commit()
@@ -610,6 +617,9 @@ class Writer(Reader):
         self._check_writable()
         if self.has_axis(axis):
             raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
+        if _CHECKED_ENTRIES.get(id(entries)) is entries and not entries.flags.writeable:
+            self._create_axis(axis, entries)  # a copy of a dataset's axis: checked when read
+            return
         what = f"the entries of the axis: {axis} in the dataset: {self.path}"
         if isinstance(entries, np.ndarray):
             if entries.ndim != 1 or (entries.size and entries.dtype.kind not in "UO"):
@@ -684,6 +694,34 @@ class Writer(Reader):
         row-major array mapped straight onto its storage (zero-filled), so it can be filled block
         by block (``m[i:j] = block``) whatever its size. It is complete when the block exits
         without an exception; otherwise it is removed."""
+        with (
+            self._new_data2d(name, dtype) as (rows, cols, prop, element, shape),
+            self._create_dense_in_rows(rows, cols, prop, element, shape) as array,
+        ):
+            yield array
+
+    @contextmanager
+    def create_sparse_values(self, name: str, like: Any, dtype: Any) -> Iterator[np.ndarray]:
+        """Create a CSR ``rows,columns#property`` matrix of ``dtype`` with the structure (indices
+        and row pointers) of the CSR matrix ``like``, and yield its ``like.nnz`` values as a
+        writable 1D array mapped onto storage, to fill by slices (``v[i:j] = block``) whatever
+        their number. The structure is linked, not copied, where the store can (a memory-mapped
+        file of a files dataset). Complete when the block exits without an exception; otherwise
+        removed."""
+        with self._new_data2d(name, dtype) as (rows, cols, prop, element, shape):
+            if not isinstance(like, sparse().csr_matrix) or tuple(like.shape) != shape:
+                raise DafError(
+                    f"expected a CSR matrix of shape {list(shape)} as the structure of the 2D "
+                    f"data: {name} in the dataset: {self.path}"
+                )
+            with self._create_sparse_values(rows, cols, prop, element, like) as values:
+                yield values
+
+    @contextmanager
+    def _new_data2d(
+        self, name: str, dtype: Any
+    ) -> Iterator[tuple[str, str, str, np.dtype, tuple[int, int]]]:
+        """Reserve the new 2D data ``name`` while it is being filled."""
         self._check_writable()
         rows, cols, prop = self._check_new_data2d(name)
         element = as_dtype(dtype, f"the 2D data: {name} in the dataset: {self.path}")
@@ -691,8 +729,7 @@ class Writer(Reader):
         key = (rows, cols, prop)
         self._pending.add(key)
         try:
-            with self._create_dense_in_rows(rows, cols, prop, element, shape) as array:
-                yield array
+            yield rows, cols, prop, element, shape
         finally:
             self._pending.discard(key)
 
@@ -739,6 +776,11 @@ class Writer(Reader):
     @abstractmethod
     def _create_dense_in_rows(
         self, rows: str, columns: str, prop: str, dtype: np.dtype, shape: tuple[int, int]
+    ) -> AbstractContextManager[np.ndarray]: ...
+
+    @abstractmethod
+    def _create_sparse_values(
+        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
     ) -> AbstractContextManager[np.ndarray]: ...
 
     @abstractmethod

@@ -7,6 +7,7 @@ dtype and shape live elsewhere (a YAML sidecar in the files store, the HDF5 data
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from math import prod
@@ -29,6 +30,7 @@ __all__ = [
     "make_csr",
     "map_file",
     "map_region",
+    "mapped_file",
     "sparse",
     "write_array",
 ]
@@ -127,8 +129,28 @@ def write_array(file: BinaryIO, array: np.ndarray, dtype: np.dtype) -> None:
         np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype).tofile(file)
 
 
+def mapped_file(array: np.ndarray, dtype: np.dtype) -> str | None:
+    """The file that the read-only map ``array`` covers whole, byte for byte as ``dtype`` is
+    stored, or ``None`` (not a map, a view of one, another dtype, or part of a file)."""
+    if not (
+        isinstance(array, np.memmap)
+        and isinstance(array.base, mmap.mmap)  # the map itself, not a view with a stale offset
+        and array.mode == "r"
+        and array.offset == 0
+        and array.dtype == dtype
+        and array.flags.c_contiguous
+        and array.filename
+    ):
+        return None
+    try:
+        return array.filename if os.path.getsize(array.filename) == array.nbytes else None
+    except OSError:
+        return None
+
+
 class RowsMemmap(np.memmap):
-    """A writable memory-mapped row-major matrix, as yielded by ``create_dense_in_rows``.
+    """A writable memory-mapped row-major array, as yielded by ``create_dense_in_rows`` (a matrix)
+    and ``create_sparse_values`` (a vector).
 
     It is an ordinary ``numpy.memmap``, except that while its writer is open, assigning whole
     rows (``m[i:j] = block`` or ``m[i] = row``, with a block of exactly that shape) writes the bytes
@@ -138,23 +160,23 @@ class RowsMemmap(np.memmap):
     """
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        file = self.__dict__.get("_daf_file")  # set on the writer's own matrix only, not on views
-        if file is not None and self.ndim == 2:
+        file = self.__dict__.get("_daf_file")  # set on the writer's own array only, not on views
+        if file is not None:
             rows = _whole_rows(key, self.shape[0])
             if rows is not None:
                 block = np.asarray(value)
-                expected = (rows[1] - rows[0], self.shape[1])
+                expected = (rows[1] - rows[0], *self.shape[1:])
                 if block.shape == expected or (
                     block.shape == expected[1:] and not isinstance(key, slice)
                 ):
-                    row_bytes = self.shape[1] * self.dtype.itemsize
+                    row_bytes = prod(self.shape[1:]) * self.dtype.itemsize
                     file.seek(self.__dict__["_daf_offset"] + rows[0] * row_bytes)
                     write_array(file, block.reshape(expected), self.dtype)
                     return
         super().__setitem__(key, value)
 
     def attach(self, file: BinaryIO | None, offset: int = 0) -> None:
-        """Write whole rows through ``file`` (open on the data, where the matrix starts at
+        """Write whole rows through ``file`` (open on the data, where the array starts at
         ``offset``), or stop doing so (``None``)."""
         self.__dict__["_daf_file"] = file
         self.__dict__["_daf_offset"] = offset

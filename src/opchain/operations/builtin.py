@@ -9,7 +9,8 @@ streams through; pca past 4,096 columns keeps columns x components, not columns^
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -110,23 +111,80 @@ def scratch(out: Any, length: int, dtype: Any) -> Iterator[np.ndarray]:
         yield np.memmap(file, dtype, "r+", shape=(length,)) if length else np.zeros(0, dtype)
 
 
+class Buffers:
+    """Two output buffers used in turn and grown as needed: block ``i`` is computed into one while
+    block ``i - 1`` is written from the other (see :func:`write_behind`), and no block needs fresh
+    memory (fresh pages cost more than the arithmetic of the cheap steps)."""
+
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = np.dtype(dtype)
+        self.memory = [np.empty(0, self.dtype), np.empty(0, self.dtype)]
+
+    def take(self, i: int, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        if self.memory[i % 2].size < size:
+            self.memory[i % 2] = np.empty(size, self.dtype)
+        return self.memory[i % 2][:size].reshape(shape)
+
+
+def write_behind(target: np.ndarray, blocks: Iterable[tuple[slice, np.ndarray]]) -> None:
+    """Assign each ``(rows, block)`` to ``target``, writing a block in a helper thread while the
+    next one is computed (a write is a system call and numpy arithmetic releases the GIL, so the
+    two overlap). At most one write is in flight: a block may reuse the memory of the one before
+    the previous one (see :class:`Buffers`)."""
+    with ThreadPoolExecutor(1) as writer:
+        pending: Future[None] | None = None
+        for rows, block in blocks:
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(target.__setitem__, rows, block)
+        if pending is not None:
+            pending.result()
+
+
 def map_sparse_values(
     out: Any,
     name: str,
     matrix: Any,
-    values_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    dtype: type = np.float32,
+    values_of: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
+    dtype: Any = np.float32,
 ) -> None:
-    """Write ``name``: a CSR matrix with the structure of ``matrix`` (its memory-mapped indices
-    and indptr, reused) and the values ``values_of(values, nonzeros_per_row)`` computes for each
-    block of rows, through a :func:`scratch` buffer."""
+    """Write ``name``: a CSR matrix with the structure of ``matrix`` (linked or copied, never
+    recomputed) whose values ``values_of(values, nonzeros_per_row, into)`` puts into ``into`` for
+    each block of rows."""
     indptr = matrix.indptr
-    with scratch(out, int(indptr[-1]), dtype) as values:
-        for rows in sparse_row_blocks(indptr):
+    buffers = Buffers(dtype)
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        for i, rows in enumerate(sparse_row_blocks(indptr)):
             low, high = int(indptr[rows.start]), int(indptr[rows.stop])
             counts = np.diff(np.asarray(indptr[rows.start : rows.stop + 1]))
-            values[low:high] = values_of(np.asarray(matrix.data[low:high], np.float64), counts)
-        out.set_data2d(name, csr_over(values, matrix.indices, indptr, matrix.shape, name))
+            into = buffers.take(i, (high - low,))
+            values_of(matrix.data[low:high], counts, into)
+            yield slice(low, high), into
+
+    with out.create_sparse_values(name, matrix, dtype) as target:
+        write_behind(target, blocks())
+
+
+def map_rows(
+    out: Any,
+    name: str,
+    matrix: Any,
+    transform: Callable[[np.ndarray, np.ndarray], Any],
+    dtype: Any = np.float32,
+) -> None:
+    """Write the dense ``name``: ``transform(block, into)`` puts into ``into`` the new values of
+    each row block of ``matrix`` (dense or sparse)."""
+    buffers = Buffers(dtype)
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        for i, rows in enumerate(row_blocks(*matrix.shape)):
+            into = buffers.take(i, (rows.stop - rows.start, matrix.shape[1]))
+            transform(dense_rows(matrix, rows), into)
+            yield rows, into
+
+    write_rows(out, name, blocks(), dtype)
 
 
 def csr_over(values: Any, indices: Any, indptr: Any, shape: tuple[int, int], name: str) -> Any:
@@ -134,12 +192,11 @@ def csr_over(values: Any, indices: Any, indptr: Any, shape: tuple[int, int], nam
 
 
 def write_rows(
-    out: Any, name: str, blocks: Iterator[tuple[slice, np.ndarray]], dtype: str = "float32"
+    out: Any, name: str, blocks: Iterable[tuple[slice, np.ndarray]], dtype: Any = "float32"
 ) -> None:
     """Fill a new dense matrix (its shape is its axes') block by block, straight into storage."""
     with out.create_dense_in_rows(name, dtype=dtype) as target:
-        for rows, block in blocks:
-            target[rows] = block
+        write_behind(target, blocks)
 
 
 def require_columns(name: str, matrix: Any, needed: int, what: str) -> None:
@@ -164,24 +221,31 @@ def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     name, target = params["matrix"], params["target_sum"]
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
+
+    def factors(sums: np.ndarray) -> np.ndarray:
+        return np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
+
+    def scaled_values(values: np.ndarray, counts: np.ndarray, into: np.ndarray) -> None:
+        sums = np.zeros(len(counts))
+        nonempty = counts > 0
+        if nonempty.any():  # reduceat sums from each start to the next: empty rows left out
+            starts = (np.cumsum(counts) - counts)[nonempty]
+            sums[nonempty] = np.add.reduceat(values, starts, dtype=np.float64)
+        np.multiply(values, np.repeat(factors(sums), counts), out=into)
+
+    def scaled_rows(block: np.ndarray, into: np.ndarray) -> None:
+        np.multiply(block, factors(block.sum(axis=1, dtype=np.float64, keepdims=True)), out=into)
+
     if is_sparse(matrix):
+        map_sparse_values(ctx.output, name, matrix, scaled_values)
+    else:
+        map_rows(ctx.output, name, matrix, scaled_rows)
 
-        def scaled(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-            rows = np.repeat(np.arange(len(counts)), counts)
-            sums = np.bincount(rows, weights=values, minlength=len(counts))
-            factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
-            return values * factors[rows]
 
-        map_sparse_values(ctx.output, name, matrix, scaled)
-        return
-
-    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
-        for rows in row_blocks(*matrix.shape):
-            block = dense_rows(matrix, rows).astype(np.float64)
-            sums = block.sum(axis=1, keepdims=True)
-            yield rows, np.divide(block * target, sums, out=np.zeros_like(block), where=sums != 0)
-
-    write_rows(ctx.output, name, blocks())
+def log1p_into(values: np.ndarray, *args: Any) -> None:
+    """log(1 + values) into the last argument, computed in that argument's float type."""
+    into = args[-1]
+    np.log1p(values, out=into, dtype=into.dtype)
 
 
 @operation("log1p", parameters={"matrix": MATRIX})
@@ -191,18 +255,9 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if is_sparse(matrix):
-        map_sparse_values(
-            ctx.output, name, matrix, lambda values, _: np.log1p(values, dtype=np.float32)
-        )
-        return
-    write_rows(
-        ctx.output,
-        name,
-        (
-            (rows, np.log1p(dense_rows(matrix, rows).astype(np.float32)))
-            for rows in row_blocks(*matrix.shape)
-        ),
-    )
+        map_sparse_values(ctx.output, name, matrix, log1p_into)
+    else:
+        map_rows(ctx.output, name, matrix, log1p_into)
 
 
 @operation(
@@ -224,18 +279,18 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
         mean, std = column_moments(matrix)
         std[std == 0] = 1.0
 
-        def blocks() -> Iterator[tuple[slice, np.ndarray]]:
-            for rows in row_blocks(*matrix.shape):
-                yield rows, (dense_rows(matrix, rows) - mean) / std
+        def scaled(block: np.ndarray, into: np.ndarray) -> None:
+            np.divide(block - mean, std, out=into)
     else:
 
-        def blocks() -> Iterator[tuple[slice, np.ndarray]]:
-            for rows in row_blocks(*matrix.shape):
-                block = dense_rows(matrix, rows).astype(np.float64)
-                std = block.std(axis=1, keepdims=True)
-                yield rows, (block - block.mean(axis=1, keepdims=True)) / np.where(std == 0, 1, std)
+        def scaled(block: np.ndarray, into: np.ndarray) -> None:
+            block = block.astype(np.float64)
+            std = block.std(axis=1, keepdims=True)
+            np.divide(
+                block - block.mean(axis=1, keepdims=True), np.where(std == 0, 1, std), out=into
+            )
 
-    write_rows(ctx.output, name, blocks())
+    map_rows(ctx.output, name, matrix, scaled)
 
 
 EXACT_PCA_COLUMNS = 4096  # 128 MiB of float64 covariance; past it, the randomized method

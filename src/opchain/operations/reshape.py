@@ -154,7 +154,9 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
     sparse_in = is_sparse(matrix)
     if layout == "sparse" or (layout == "keep" and sparse_in):
         if sparse_in:
-            map_sparse_values(ctx.output, name, matrix, lambda values, _: values, dtype)
+            map_sparse_values(
+                ctx.output, name, matrix, lambda v, _, into: np.copyto(into, v), dtype
+            )
         else:
             dense_to_sparse(ctx.output, name, matrix, dtype)
         return
