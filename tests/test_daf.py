@@ -1109,3 +1109,117 @@ def test_fixture_copies_to_h5_and_back(tmp_path: Path) -> None:
     original.pop("created.yaml")
     back.pop("created.yaml")
     assert original == back
+
+
+def csr_source(tmp_path: Path) -> tuple[Reader, sp.csr_matrix]:
+    """A files dataset holding a CSR with an empty row, and that CSR read back (memory-mapped)."""
+    matrix = sp.csr_matrix(np.array([[0, 2, 0, 1], [0, 0, 0, 0], [5, 0, 3, 0]], dtype="int64"))
+    with FilesWriter(tmp_path / "source") as writer:
+        writer.create_axis("cell", ["a", "b", "c"])
+        writer.create_axis("gene", ["w", "x", "y", "z"])
+        writer.set_data2d("cell,gene#UMIs", matrix)
+    reader = FilesReader(tmp_path / "source")
+    return reader, reader.get_data2d("cell,gene#UMIs")
+
+
+def test_create_sparse_values_keeps_the_structure(store: str, tmp_path: Path) -> None:
+    reader, like = csr_source(tmp_path)
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer:
+        for axis in ("cell", "gene"):
+            writer.create_axis(axis, reader.axis_entries(axis))
+        with writer.create_sparse_values("cell,gene#half", like, "float32") as values:
+            assert values.shape == (4,)
+            values[0:2] = np.asarray(like.data[0:2]) / 2  # in slices, as a streaming step does
+            values[2:4] = np.asarray(like.data[2:4]) / 2
+    result = fresh_reader(store, path).get_data2d("cell,gene#half")
+    assert sp.issparse(result) and result.dtype == np.float32
+    assert (result.toarray() == like.toarray() / 2).all()
+    np.testing.assert_array_equal(result.indptr, like.indptr)
+    if store == "files":  # the structure is the source's files, linked: no bytes written
+        for part in ("indices", "indptr"):
+            source = tmp_path / "source" / f"cell,gene#UMIs.{part}"
+            assert (path / f"cell,gene#half.{part}").stat().st_ino == source.stat().st_ino
+
+
+def test_create_sparse_values_failure_or_wrong_structure_leaves_nothing(
+    store: str, tmp_path: Path
+) -> None:
+    reader, like = csr_source(tmp_path)
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer:
+        writer.create_axis("cell", reader.axis_entries("cell"))
+        writer.create_axis("gene", reader.axis_entries("gene"))
+        with pytest.raises(RuntimeError), writer.create_sparse_values("cell,gene#v", like, "f4"):
+            raise RuntimeError("boom")
+        for wrong in (like[:2], like.toarray()):
+            with pytest.raises(DafError, match="expected a CSR matrix of shape \\[3, 4\\]"):
+                writer.create_sparse_values("cell,gene#v", wrong, "f4").__enter__()
+        assert not writer.has_data2d("cell,gene#v")
+        writer.set_data2d("cell,gene#v", like)
+    assert (fresh_reader(store, path).get_data2d("cell,gene#v").toarray() == like.toarray()).all()
+    if store == "files":
+        assert sorted(p.name for p in path.glob("cell,gene#v*")) == [
+            f"cell,gene#v.{suffix}" for suffix in ("data", "indices", "indptr", "yaml")
+        ]
+
+
+def test_whole_mapped_files_are_linked_and_parts_copied(tmp_path: Path) -> None:
+    """A read-only map of a whole file is stored as a hard link of it; a view of part of one, or
+    the same array writable, as a copy of its bytes: linking them would store the wrong values,
+    or values that later change."""
+    reader, like = csr_source(tmp_path)
+    with FilesWriter(tmp_path / "copy") as writer:
+        writer.create_axis("cell", reader.axis_entries("cell"))
+        writer.create_axis("gene", reader.axis_entries("gene"))
+        writer.set_data2d("cell,gene#same", like)
+        writer.set_data1d("gene#first_row", like.toarray()[0])
+        writer.set_data1d("cell#ends", like.indptr[1:])  # a view: its map's offset is stale
+        writer.set_data1d("cell#starts", np.array(like.indptr[:-1]))  # a copy in memory
+    copy = FilesReader(tmp_path / "copy")
+    source = tmp_path / "source" / "cell,gene#UMIs.data"
+    assert (tmp_path / "copy" / "cell,gene#same.data").stat().st_ino == source.stat().st_ino
+    assert copy.get_data2d("cell,gene#same").toarray().tolist() == like.toarray().tolist()
+    assert copy.get_data1d("cell#ends").tolist() == [2, 2, 4]
+    assert copy.get_data1d("cell#starts").tolist() == [0, 2, 2]
+    assert (tmp_path / "copy" / "cell#ends.array").stat().st_nlink == 1
+
+
+def test_copy_axis_links_a_checked_axis_file(store: str, tmp_path: Path) -> None:
+    """Between files datasets an axis is copied as its file, linked, after a check that holds
+    hashes, not strings; otherwise from its entries. Either way, the same entries."""
+    reader, _ = csr_source(tmp_path)
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer:
+        writer.copy_axis(reader, "cell")
+        assert writer.axis_size("cell") == 3
+        with pytest.raises(DafError, match="existing axis: cell"):
+            writer.copy_axis(reader, "cell")
+    assert fresh_reader(store, path).axis_entries("cell").tolist() == ["a", "b", "c"]
+    if store == "files":
+        source = tmp_path / "source" / "cell#.csv"
+        assert (path / "cell#.csv").stat().st_ino == source.stat().st_ino
+    with FilesWriter(tmp_path / "back") as writer:  # and back into files
+        writer.copy_axis(fresh_reader(store, path), "cell")
+    assert FilesReader(tmp_path / "back").axis_entries("cell").tolist() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("a\nb\na\n", ":4: duplicate axis entry: 'a'"),
+        ("b\na\nc\nc\na\n", ":5: duplicate axis entry: 'c'"),
+    ],
+)
+def test_copy_axis_finds_duplicates_as_reading_does(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "__daf__.yaml").write_text("version: [1, 0]\n")
+    (tmp_path / "in" / "cell#.csv").write_text("cell\n" + body)
+    reader = FilesReader(tmp_path / "in")
+    with pytest.raises(DafError) as read:
+        FilesReader(tmp_path / "in").axis_entries("cell")
+    with FilesWriter(tmp_path / "out") as writer, pytest.raises(DafError) as copied:
+        writer.copy_axis(reader, "cell")
+    assert str(copied.value) == str(read.value) == f"{tmp_path / 'in' / 'cell#.csv'}{problem}"

@@ -339,3 +339,31 @@ def test_bad_parameters_of_new_built_ins_are_refused_at_planning(
     spec.write_text(yaml.safe_dump({"type": name, "parameters": params}))
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         load_operation(spec)
+
+
+def test_write_behind_never_writes_a_buffer_being_refilled() -> None:
+    """Blocks computed into two reused buffers while a slow writer writes the previous one: every
+    block lands intact (a write still in flight on a buffer being refilled would mix blocks)."""
+    import time
+
+    from opchain.operations.builtin import Buffers, write_behind
+
+    class SlowTarget:
+        def __init__(self) -> None:
+            self.rows = np.zeros((12, 3))
+
+        def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+            time.sleep(0.01)  # the next block is computed meanwhile
+            self.rows[rows] = block
+
+    buffers = Buffers(np.float64)
+
+    def blocks():
+        for i in range(6):
+            into = buffers.take(i, (2, 3))
+            into[:] = i
+            yield slice(2 * i, 2 * i + 2), into
+
+    target = SlowTarget()
+    write_behind(target, blocks())
+    assert target.rows[:, 0].tolist() == [i for i in range(6) for _ in range(2)]

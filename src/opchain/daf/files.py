@@ -235,6 +235,54 @@ def _headers_2d(rows: str, cols: str, prop: str) -> list[list[str]]:
     return headers
 
 
+def _is_plain_axis(data: bytes, axis: str) -> bool:
+    """Whether ``data`` is an axis file of one entry a line: no quotes, commas, CRs, blank lines."""
+    return (
+        data.startswith((axis + "\n").encode("utf-8"))
+        and data.endswith(b"\n")
+        and b'"' not in data
+        and b"," not in data
+        and b"\r" not in data
+        and b"\n\n" not in data
+    )
+
+
+def _check_plain_axis(path: Path, data: bytes) -> None:
+    """Raise a :class:`DafError` unless the entries of the plain axis file ``data`` are UTF-8 and
+    unique, as reading them would, without holding them all as strings: their hashes, sorted,
+    then a second look at the entries whose hash repeats."""
+    header_end = data.index(b"\n") + 1
+    hashes, filled = np.empty(data.count(b"\n", header_end), np.int64), 0
+    for text in _line_chunks(data, header_end):
+        try:
+            lines = text.decode("utf-8").split("\n")[:-1]
+        except UnicodeDecodeError as error:
+            raise DafError(f"{path}: malformed CSV (not UTF-8: {error.reason})") from None
+        hashes[filled : filled + len(lines)] = np.fromiter(map(hash, lines), np.int64, len(lines))
+        filled += len(lines)
+    hashes.sort()
+    repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    if not repeated:
+        return
+    seen: set[str] = set()
+    line = 1
+    for text in _line_chunks(data, header_end):
+        for entry in text.decode("utf-8").split("\n")[:-1]:
+            line += 1
+            if hash(entry) in repeated:
+                if entry in seen:
+                    raise DafError(f"{path}:{line}: duplicate axis entry: {entry!r}")
+                seen.add(entry)
+
+
+def _line_chunks(data: bytes, start: int, size: int = 4 << 20) -> Iterator[bytes]:
+    """``data[start:]`` in pieces of about ``size`` bytes that end at a line's end."""
+    while start < len(data):
+        end = data.find(b"\n", min(start + size, len(data) - 1)) + 1
+        yield data[start:end]
+        start = end
+
+
 class FilesReader(Reader):
     """Read the daf files dataset in the directory ``path`` (see the module docstring)."""
 
@@ -361,14 +409,7 @@ class FilesReader(Reader):
             data = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
         except OSError:
             data = b""
-        if (
-            data.startswith((axis + "\n").encode("utf-8"))
-            and data.endswith(b"\n")
-            and b'"' not in data
-            and b"," not in data
-            and b"\r" not in data
-            and b"\n\n" not in data
-        ):
+        if _is_plain_axis(data, axis):
             return data.count(b"\n") - 1
         return len(self.axis_entries(axis))
 
@@ -543,6 +584,25 @@ class FilesWriter(FilesReader, Writer):
         _write_text(self._dir / f"{axis}#.csv", _csv_line(axis) + body)
         self._axes[axis] = None
         self._cache[("axis", axis)] = entries
+
+    def _copy_axis_file(self, reader: Reader, axis: str) -> bool:
+        if not isinstance(reader, FilesReader) or ("axis", axis) in reader._cache:
+            return False  # the entries are at hand: writing them is as cheap
+        source = reader._dir / f"{axis}#.csv"
+        try:
+            data = source.read_bytes()
+        except OSError:
+            return False  # reading the entries reports it
+        if not _is_plain_axis(data.removeprefix(b"\xef\xbb\xbf"), axis):
+            return False
+        _check_plain_axis(source, data)
+        try:
+            os.link(source, self._dir / source.name)
+        except OSError:  # another file system, or no hard links there
+            (self._dir / source.name).write_bytes(data)
+        self._axes[axis] = None
+        self._cache[("size", axis)] = data.count(b"\n") - 1
+        return True
 
     def _set_data1d(self, axis: str, prop: str, vector: np.ndarray) -> None:
         stem = f"{axis}#{prop}"

@@ -54,11 +54,6 @@ from opchain.atomic import aside_path
 from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import DafError
 
-#: The axis entries that datasets returned (read-only, checked: unique non-empty strings), by id,
-#: so that copying an axis, ``create_axis(axis, reader.axis_entries(axis))``, does not check them
-#: again (that check is most of the cost of copying an axis of millions of entries).
-_CHECKED_ENTRIES: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
-
 __all__ = [
     "DTYPES",
     "FORMAT_VERSION",
@@ -431,9 +426,7 @@ class Reader(ABC):
     def axis_entries(self, axis: str) -> np.ndarray:
         """The entries of ``axis``: a read-only object array of unique, non-empty ``str``."""
         self._require_axis(axis)
-        entries = self._cached(("axis", axis), lambda: self._axis_entries(axis))
-        _CHECKED_ENTRIES[id(entries)] = entries
-        return entries
+        return self._cached(("axis", axis), lambda: self._axis_entries(axis))
 
     def axis_size(self, axis: str) -> int:
         """The number of entries of ``axis``."""
@@ -617,9 +610,6 @@ class Writer(Reader):
         self._check_writable()
         if self.has_axis(axis):
             raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
-        if _CHECKED_ENTRIES.get(id(entries)) is entries and not entries.flags.writeable:
-            self._create_axis(axis, entries)  # a copy of a dataset's axis: checked when read
-            return
         what = f"the entries of the axis: {axis} in the dataset: {self.path}"
         if isinstance(entries, np.ndarray):
             if entries.ndim != 1 or (entries.size and entries.dtype.kind not in "UO"):
@@ -635,6 +625,21 @@ class Writer(Reader):
             raise DafError(f"duplicate entry: {first_duplicate(strings)!r} in {what}")
         strings.flags.writeable = False
         self._create_axis(axis, strings)
+
+    def copy_axis(self, reader: Reader, axis: str) -> None:
+        """Create ``axis`` with its entries in ``reader``, as ``create_axis(axis,
+        reader.axis_entries(axis))`` would, but without checking them again, and, between files
+        datasets, without holding them: the axis file is checked and linked (an axis of millions
+        of entries as Python strings would cost more memory than a streaming step)."""
+        self._check_writable()
+        if self.has_axis(axis):
+            raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
+        if not self._copy_axis_file(reader, axis):
+            self._create_axis(axis, reader.axis_entries(axis))
+
+    def _copy_axis_file(self, reader: Reader, axis: str) -> bool:
+        """Copy ``axis`` from ``reader`` file to file, if the stores can; ``False`` if not."""
+        return False
 
     def set_data1d(self, name: str, vector: Any) -> None:
         """Set the 1D data ``axis#property``: numbers/bool (see :data:`DTYPES`) or strings
@@ -748,7 +753,7 @@ class Writer(Reader):
             self.set_item(name, reader.get_item(name))
         axes = reader.axis_names()
         for axis in axes:
-            self.create_axis(axis, reader.axis_entries(axis))
+            self.copy_axis(reader, axis)
         for axis in axes:
             for name in reader.data1d_names(axis):
                 self.set_data1d(name, reader.get_data1d(name))

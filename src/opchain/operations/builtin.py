@@ -56,8 +56,10 @@ def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | No
         out.set_item(name, data.get_item(name))
     for axis in data.axis_names():
         keep = take if axis == rows else None
-        entries = data.axis_entries(axis)
-        out.create_axis(axis, entries if keep is None else entries[keep])
+        if keep is None:
+            out.copy_axis(data, axis)
+        else:
+            out.create_axis(axis, data.axis_entries(axis)[keep])
         for vector in data.data1d_names(axis):
             values = data.get_data1d(vector)
             out.set_data1d(vector, values if keep is None else values[keep])
