@@ -3,8 +3,9 @@
 Each operation reads one matrix, named ``rows,columns#property`` by its ``matrix`` parameter, and
 writes a dataset that keeps the input's items, axes and 1D data (so labels flow down the chain) plus
 its own matrix. Dense matrices are processed in row blocks, and sparse (CSR) ones in blocks of rows
-of about 64 MiB of non-zeros written through a file-backed buffer, so data larger than memory
-streams through; pca past 4,096 columns keeps columns x components, not columns^2.
+of about 64 MiB of non-zeros (only their values are new: the structure is the input's), each
+written while the next is computed, so data larger than memory streams through; pca past 4,096
+columns keeps columns x components, not columns^2.
 """
 
 from __future__ import annotations
