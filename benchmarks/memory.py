@@ -4,7 +4,8 @@ Usage: ``python benchmarks/memory.py [--dense-gib 8] [--nnz 1000000000] [--small
 
 Generates, once, on disk (streamed, so generating needs no more memory than running): a dense
 float32 matrix of ``--dense-gib`` GiB (``cell,gene#X``, 4,096 columns) and a CSR matrix with
-``--nnz`` non-zeros (``cell,gene#UMIs``, 30,000 columns, ~100 non-zeros a row, float32 counts).
+``--nnz`` non-zeros (``cell,gene#UMIs``, 30,000 columns, ~100 non-zeros a row, float32 counts,
+and a string property of every row, ``cell#batch``, that each step carries).
 Runs the chains normalize -> log1p -> standardize (dense) and normalize -> log1p (sparse) through
 ``snakemake``, and prints per step the peak anonymous memory (``RssAnon``, sampled every 20 ms in
 the job, as ``metadata.yaml`` records it) and the throughput (input bytes / wall seconds of the
@@ -79,6 +80,7 @@ def write_sparse(path: Path, nnz: int, scratch: Path) -> int:
     )
     with FilesWriter(path) as out:
         axes(out, rows, SPARSE_COLUMNS)
+        out.set_data1d("cell#batch", np.array([f"b{i % 16}" for i in range(rows)], dtype=object))
         out.set_data2d("cell,gene#UMIs", matrix)
     (scratch / "data").unlink()
     (scratch / "indices").unlink()

@@ -1204,6 +1204,66 @@ def test_copy_axis_links_a_checked_axis_file(store: str, tmp_path: Path) -> None
     assert FilesReader(tmp_path / "back").axis_entries("cell").tolist() == ["a", "b", "c"]
 
 
+def test_copy_data1d_links_a_string_vector_that_lists_the_axis(store: str, tmp_path: Path) -> None:
+    """A string vector with a value for every entry, in the axis's order, is checked byte by byte
+    and linked; any other (missing values, quoted values, another order) is read and written.
+    Either way, the same values."""
+    values = {
+        "cell#plain": ["T", "", "ß cell"],
+        "cell#missing": ["T", None, "B"],
+        "cell#quoted": ["T, naive", 'say "B"', "B"],
+    }
+    with FilesWriter(tmp_path / "source") as writer:
+        writer.create_axis("cell", ["a", "b", "c"])
+        for name, vector in values.items():
+            writer.set_data1d(name, np.array(vector, dtype=object))
+    (tmp_path / "source" / "cell#shuffled.csv").write_text("cell,shuffled\nc,3\na,1\nb,2\n")
+    values["cell#shuffled"] = ["1", "2", "3"]
+    reader = FilesReader(tmp_path / "source")
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer:
+        writer.copy_axis(reader, "cell")
+        for name in reader.data1d_names("cell"):
+            writer.copy_data1d(reader, name)
+        with pytest.raises(DafError, match="existing 1D data: cell#plain"):
+            writer.copy_data1d(reader, "cell#plain")
+    copied = fresh_reader(store, path)
+    assert {name: copied.get_data1d(name).tolist() for name in values} == values
+    if store == "files":
+        linked = {
+            name
+            for name in values
+            if (path / f"{name}.csv").stat().st_ino
+            == (tmp_path / "source" / f"{name}.csv").stat().st_ino
+        }
+        assert linked == {"cell#plain"}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("a,1\nz,2\n", ":3: unknown cell entry: 'z'"),
+        ("a,1\nb,2\na,3\n", ":4: duplicate value for the same entries"),
+        ("a,1\nb\n", ":3: malformed CSV (1 fields, expected 2)"),
+        ("a,1\nb,2,3\n", ":3: malformed CSV (3 fields, expected 2)"),
+    ],
+)
+def test_copy_data1d_reports_a_bad_vector_as_reading_does(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "__daf__.yaml").write_text("version: [1, 0]\n")
+    (tmp_path / "in" / "cell#.csv").write_text("cell\na\nb\n")
+    (tmp_path / "in" / "cell#type.csv").write_text("cell,type\n" + body)
+    reader = FilesReader(tmp_path / "in")
+    with pytest.raises(DafError) as read:
+        FilesReader(tmp_path / "in").get_data1d("cell#type")
+    with FilesWriter(tmp_path / "out") as writer, pytest.raises(DafError) as copied:
+        writer.copy_axis(reader, "cell")
+        writer.copy_data1d(reader, "cell#type")
+    assert str(copied.value) == str(read.value) == f"{tmp_path / 'in' / 'cell#type.csv'}{problem}"
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [

@@ -275,6 +275,57 @@ def _check_plain_axis(path: Path, data: bytes) -> None:
                 seen.add(entry)
 
 
+def _lists_axis(data: bytes, headers: list[list[str]], axis_file: bytes) -> bool:
+    """Whether ``data``, a 1D strings file, has a value for every entry of the plain axis file
+    ``axis_file``, in its order, on plain lines (``entry,value``, no quotes), in UTF-8: then it is
+    valid as it is, and that is checked by comparing bytes, not by reading strings."""
+    header_end = data.find(b"\n") + 1
+    axis_start = axis_file.find(b"\n") + 1
+    if (
+        not header_end
+        or not axis_start
+        or not data.endswith(b"\n")
+        or b'"' in data
+        or b"\r" in data
+        or data[: header_end - 1].decode("utf-8", "replace").split(",") not in headers
+    ):
+        return False
+    offset = axis_start
+    for chunk in _line_chunks(data, header_end):
+        text = np.frombuffer(chunk, np.uint8)
+        ends = np.flatnonzero(text == ord("\n"))
+        commas = np.flatnonzero(text == ord(","))
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        if len(commas) != len(ends) or (commas < starts).any() or (commas > ends).any():
+            return False  # not one comma a line (or a line without its end)
+        inside = np.zeros(len(text) + 1, np.int8)  # 1 from a line's start to its comma
+        inside[starts] += 1
+        inside[commas] -= 1
+        keep = np.cumsum(inside[:-1], dtype=np.int8).astype(bool)
+        keep[ends] = True
+        listed = text[keep].tobytes()
+        if axis_file[offset : offset + len(listed)] != listed or not _is_utf8(chunk):
+            return False
+        offset += len(listed)
+    return offset == len(axis_file)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _link_or_write(source: Path, target: Path, data: bytes) -> None:
+    """Hard-link ``source`` (whose bytes are ``data``) as ``target``, or write a copy."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links there
+        target.write_bytes(data)
+
+
 def _line_chunks(data: bytes, start: int, size: int = 4 << 20) -> Iterator[bytes]:
     """``data[start:]`` in pieces of about ``size`` bytes that end at a line's end."""
     while start < len(data):
@@ -596,12 +647,24 @@ class FilesWriter(FilesReader, Writer):
         if not _is_plain_axis(data.removeprefix(b"\xef\xbb\xbf"), axis):
             return False
         _check_plain_axis(source, data)
-        try:
-            os.link(source, self._dir / source.name)
-        except OSError:  # another file system, or no hard links there
-            (self._dir / source.name).write_bytes(data)
+        _link_or_write(source, self._dir / source.name, data)
         self._axes[axis] = None
         self._cache[("size", axis)] = data.count(b"\n") - 1
+        return True
+
+    def _copy_strings_file(self, reader: Reader, axis: str, prop: str) -> bool:
+        if not isinstance(reader, FilesReader) or reader._vectors.get(axis, {}).get(prop) != "csv":
+            return False
+        source = reader._dir / f"{axis}#{prop}.csv"
+        try:
+            data = source.read_bytes()
+            entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+        except OSError:
+            return False  # reading the values reports it
+        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), _headers_1d(axis, prop), entries):
+            return False
+        _link_or_write(source, self._dir / source.name, data)
+        self._vectors.setdefault(axis, {})[prop] = "csv"
         return True
 
     def _set_data1d(self, axis: str, prop: str, vector: np.ndarray) -> None:

@@ -641,6 +641,23 @@ class Writer(Reader):
         """Copy ``axis`` from ``reader`` file to file, if the stores can; ``False`` if not."""
         return False
 
+    def copy_data1d(self, reader: Reader, name: str) -> None:
+        """Set the 1D data ``name`` to its values in ``reader``, whose axis has the same entries,
+        as ``set_data1d(name, reader.get_data1d(name))`` would; between files datasets a string
+        vector listing the axis's entries in order is checked and linked, not read into strings
+        (numbers are mapped and linked either way)."""
+        self._check_writable()
+        axis, prop = split_data1d_name(name)
+        if self.has_data1d(name):
+            raise DafError(f"existing 1D data: {name} in the dataset: {self.path}")
+        if not self._copy_strings_file(reader, axis, prop):
+            self.set_data1d(name, reader.get_data1d(name))
+
+    def _copy_strings_file(self, reader: Reader, axis: str, prop: str) -> bool:
+        """Copy the string vector ``axis#prop`` from ``reader`` file to file, if the stores can
+        and it needs no reading; ``False`` if not."""
+        return False
+
     def set_data1d(self, name: str, vector: Any) -> None:
         """Set the 1D data ``axis#property``: numbers/bool (see :data:`DTYPES`) or strings
         (``None`` for missing), one per axis entry in axis order."""
@@ -756,7 +773,7 @@ class Writer(Reader):
             self.copy_axis(reader, axis)
         for axis in axes:
             for name in reader.data1d_names(axis):
-                self.set_data1d(name, reader.get_data1d(name))
+                self.copy_data1d(reader, name)
         for rows in axes:
             for cols in axes:
                 for name in reader.data2d_names(rows, cols):

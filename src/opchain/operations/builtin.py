@@ -62,8 +62,10 @@ def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | No
         else:
             out.create_axis(axis, data.axis_entries(axis)[keep])
         for vector in data.data1d_names(axis):
-            values = data.get_data1d(vector)
-            out.set_data1d(vector, values if keep is None else values[keep])
+            if keep is None:
+                out.copy_data1d(data, vector)
+            else:
+                out.set_data1d(vector, data.get_data1d(vector)[keep])
 
 
 def row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
