@@ -32,6 +32,7 @@ from opchain.daf import (
     Writer,
     open_reader,
 )
+from opchain.daf import files as files_module
 from opchain.errors import DafError
 
 # The daf example as the repo ships it (an unchanged copy of shared/fixtures/daf-example).
@@ -1237,6 +1238,43 @@ def test_copy_data1d_links_a_string_vector_that_lists_the_axis(store: str, tmp_p
             == (tmp_path / "source" / f"{name}.csv").stat().st_ino
         }
         assert linked == {"cell#plain"}
+
+
+@pytest.mark.parametrize("chunk", [4 << 20, 1])
+@pytest.mark.parametrize("take", [[], [0], [1, 2], [0, 2, 3, 4], [0, 1, 2, 3, 4]])
+def test_copy_axis_and_data1d_take_entries(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, take: list[int], chunk: int
+) -> None:
+    """With ``take``, an axis and its vectors keep the entries at those positions, in order:
+    between files datasets taken from the files' lines chunk by chunk (``chunk``: 1 puts every
+    line in its own chunk, as lines fall across the chunks of a file of millions)."""
+    chunks = files_module._line_chunks
+    monkeypatch.setattr(files_module, "_line_chunks", lambda data, at: chunks(data, at, chunk))
+    entries = ["a", "bb", "ß", "d d", "e"]
+    values = {
+        "cell#plain": ["T", "", "ß cell", "x", "y"],
+        "cell#missing": ["T", None, "B", None, "C"],
+        "cell#score": np.arange(5, dtype=np.float32),
+    }
+    with FilesWriter(tmp_path / "source") as writer:
+        writer.create_axis("cell", entries)
+        for name, vector in values.items():
+            writer.set_data1d(name, np.array(vector, dtype=getattr(vector, "dtype", object)))
+    reader = FilesReader(tmp_path / "source")
+    positions = np.array(take, dtype=np.int64)
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer, monkeypatch.context() as strings:
+        if store == "files":  # lines are taken from the files, never read as strings
+            strings.setattr(FilesReader, "_axis_entries", None)
+        writer.copy_axis(reader, "cell", positions)
+        writer.copy_data1d(reader, "cell#plain", positions)
+        strings.undo()
+        writer.copy_data1d(reader, "cell#missing", positions)
+        writer.copy_data1d(reader, "cell#score", positions)
+    copied = fresh_reader(store, path)
+    assert copied.axis_entries("cell").tolist() == [entries[i] for i in take]
+    for name, vector in values.items():
+        assert copied.get_data1d(name).tolist() == [vector[i] for i in take], name
 
 
 @pytest.mark.parametrize(

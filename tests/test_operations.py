@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from opchain.daf import FilesWriter, open_reader
+from opchain.daf import FilesWriter, H5Writer, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError, SpecError
-from opchain.operations import Context, get_operation
+from opchain.operations import Context, builtin, get_operation
 
 RNG = np.random.default_rng(7)
 X = RNG.poisson(3.0, size=(40, 6)).astype(np.float32)
@@ -62,8 +62,6 @@ def test_sparse_operations_stream_row_blocks(
     """normalize and log1p on the shipped daf example's sparse UMIs, in blocks of a few non-zeros
     (as a billion non-zeros would go, in 64 MiB blocks): the input's structure, the values scipy
     computes on the whole matrix, and the same bytes whatever the block size."""
-    from opchain.daf import H5Writer
-    from opchain.operations import builtin
 
     cells = Path(__file__).resolve().parents[1] / "storage/example_data/cells/daf_example"
     umis = open_reader(cells).get_data2d("cell,gene#UMIs")
@@ -247,6 +245,62 @@ def test_filter_keeps_the_entries_that_pass(tmp_path: Path, sparse_x: bool) -> N
         )
     with pytest.raises(OpchainError, match="'gene#x' is not a vector of the axis 'cell'"):
         apply("filter", source, {**params, "property": "gene#x"})
+
+
+@pytest.mark.parametrize("store", ["files", "h5"])
+def test_take_matrix_streams_what_indexing_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """filter and subsample write ``matrix[rows][:, columns]`` block by block: at many tiny
+    blocks the same values, dtypes, layout and CSR arrays as numpy and scipy indexing."""
+    counts = RNG.poisson(0.7, size=(30, 30)).astype(np.int64)
+    matrices = {
+        "dense": counts.astype(np.float32),
+        "flags": counts > 1,
+        "sparse": sp.csr_matrix(counts),
+        "sparse_empty_rows": sp.csr_matrix(counts * (np.arange(30) % 3 == 0)[:, None]),
+    }
+    source = tmp_path / "source"
+    with FilesWriter(source) as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(30)], dtype=object))
+        for name, matrix in matrices.items():
+            out.set_data2d(f"cell,cell#{name}", matrix)
+    picks = {
+        "rows": (np.array([0, 3, 4, 17, 29]), None),
+        "columns": (None, np.array([1, 2, 28])),
+        "both": (np.arange(0, 30, 2), np.arange(0, 30, 2)),
+        "none": (np.array([], dtype=np.int64), np.array([], dtype=np.int64)),
+    }
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8 * 5)  # a row or five non-zeros a block
+    for pick, (rows, columns) in picks.items():
+        path = tmp_path / (pick + (".h5" if store == "h5" else ""))
+        writer = H5Writer(path) if store == "h5" else FilesWriter(path)
+        reader = open_reader(source)
+        size = 30 if rows is None else len(rows)
+        writer.create_axis("row", np.array([f"r{i}" for i in range(size)], dtype=object))
+        size = 30 if columns is None else len(columns)
+        writer.create_axis("column", np.array([f"k{i}" for i in range(size)], dtype=object))
+        for name in matrices:
+            matrix = reader.get_data2d(f"cell,cell#{name}")
+            builtin.take_matrix(writer, f"row,column#{name}", matrix, rows, columns)
+        writer.close()
+        taken = open_reader(path)
+        for name, matrix in matrices.items():
+            expected = matrix[rows if rows is not None else slice(None)]
+            expected = expected[:, columns if columns is not None else slice(None)]
+            found = taken.get_data2d(f"row,column#{name}")
+            assert sp.issparse(found) == sp.issparse(expected), (pick, name)
+            if sp.issparse(expected):
+                expected = sp.csr_matrix(expected)
+                for part in ("data", "indices", "indptr"):
+                    assert same_array(getattr(found, part), getattr(expected, part)), (pick, name)
+            else:
+                assert same_array(found, expected), (pick, name)
+
+
+def same_array(found: object, expected: object) -> bool:
+    found, expected = np.asarray(found), np.asarray(expected)
+    return found.dtype == expected.dtype and np.array_equal(found, expected)
 
 
 @pytest.mark.parametrize("method", ["sum", "mean"])

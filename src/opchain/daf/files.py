@@ -298,16 +298,35 @@ def _lists_axis(data: bytes, headers: list[list[str]], axis_file: bytes) -> bool
         starts = np.concatenate(([0], ends[:-1] + 1))
         if len(commas) != len(ends) or (commas < starts).any() or (commas > ends).any():
             return False  # not one comma a line (or a line without its end)
-        inside = np.zeros(len(text) + 1, np.int8)  # 1 from a line's start to its comma
-        inside[starts] += 1
-        inside[commas] -= 1
-        keep = np.cumsum(inside[:-1], dtype=np.int8).astype(bool)
+        keep = _spans(len(text), starts, commas)
         keep[ends] = True
         listed = text[keep].tobytes()
         if axis_file[offset : offset + len(listed)] != listed or not _is_utf8(chunk):
             return False
         offset += len(listed)
     return offset == len(axis_file)
+
+
+def _take_lines(data: bytes, start: int, positions: np.ndarray) -> Iterator[bytes]:
+    """The lines of ``data[start:]`` at the increasing ``positions``, a chunk at a time."""
+    first = 0  # the number of the chunk's first line
+    for chunk in _line_chunks(data, start):
+        text = np.frombuffer(chunk, np.uint8)
+        ends = np.flatnonzero(text == ord("\n"))
+        low, high = np.searchsorted(positions, [first, first + len(ends)])
+        picked = np.asarray(positions[low:high]) - first
+        first += len(ends)
+        if len(picked):
+            starts = np.concatenate(([0], ends[:-1] + 1))[picked]
+            yield text[_spans(len(text), starts, ends[picked] + 1)].tobytes()
+
+
+def _spans(length: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """A mask of ``length`` bytes, true in each ``[start, stop)`` (disjoint, increasing spans)."""
+    edges = np.zeros(length + 1, np.int8)
+    edges[starts] += 1
+    edges[stops] -= 1
+    return np.cumsum(edges[:-1], dtype=np.int8).astype(bool)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -636,7 +655,7 @@ class FilesWriter(FilesReader, Writer):
         self._axes[axis] = None
         self._cache[("axis", axis)] = entries
 
-    def _copy_axis_file(self, reader: Reader, axis: str) -> bool:
+    def _copy_axis_file(self, reader: Reader, axis: str, take: np.ndarray | None) -> bool:
         if not isinstance(reader, FilesReader) or ("axis", axis) in reader._cache:
             return False  # the entries are at hand: writing them is as cheap
         source = reader._dir / f"{axis}#.csv"
@@ -646,26 +665,41 @@ class FilesWriter(FilesReader, Writer):
             return False  # reading the entries reports it
         if not _is_plain_axis(data.removeprefix(b"\xef\xbb\xbf"), axis):
             return False
-        _check_plain_axis(source, data)
-        _link_or_write(source, self._dir / source.name, data)
+        _check_plain_axis(source, data)  # then any subset of its lines is a valid axis too
+        self._copy_lines(source, data, take)
         self._axes[axis] = None
-        self._cache[("size", axis)] = data.count(b"\n") - 1
+        self._cache[("size", axis)] = data.count(b"\n") - 1 if take is None else len(take)
         return True
 
-    def _copy_strings_file(self, reader: Reader, axis: str, prop: str) -> bool:
+    def _copy_strings_file(
+        self, reader: Reader, axis: str, prop: str, take: np.ndarray | None
+    ) -> bool:
         if not isinstance(reader, FilesReader) or reader._vectors.get(axis, {}).get(prop) != "csv":
             return False
         source = reader._dir / f"{axis}#{prop}.csv"
         try:
             data = source.read_bytes()
-            entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+            entries = (reader._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
         except OSError:
             return False  # reading the values reports it
         if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), _headers_1d(axis, prop), entries):
             return False
-        _link_or_write(source, self._dir / source.name, data)
+        self._copy_lines(source, data, take)
         self._vectors.setdefault(axis, {})[prop] = "csv"
         return True
+
+    def _copy_lines(self, source: Path, data: bytes, take: np.ndarray | None) -> None:
+        """Copy the CSV file ``source`` (holding ``data``) as a file of this dataset: linked, or,
+        with ``take``, its header and the lines after it at those positions."""
+        target = self._dir / source.name
+        if take is None:
+            _link_or_write(source, target, data)
+            return
+        header_end = data.index(b"\n") + 1
+        with open(target, "wb") as file:
+            file.write(data[:header_end])
+            for lines in _take_lines(data, header_end, take):
+                file.write(lines)
 
     def _set_data1d(self, axis: str, prop: str, vector: np.ndarray) -> None:
         stem = f"{axis}#{prop}"

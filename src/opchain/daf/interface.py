@@ -626,34 +626,39 @@ class Writer(Reader):
         strings.flags.writeable = False
         self._create_axis(axis, strings)
 
-    def copy_axis(self, reader: Reader, axis: str) -> None:
-        """Create ``axis`` with its entries in ``reader``, as ``create_axis(axis,
-        reader.axis_entries(axis))`` would, but without checking them again, and, between files
-        datasets, without holding them: the axis file is checked and linked (an axis of millions
-        of entries as Python strings would cost more memory than a streaming step)."""
+    def copy_axis(self, reader: Reader, axis: str, take: np.ndarray | None = None) -> None:
+        """Create ``axis`` with its entries in ``reader`` (with ``take``, those at these increasing
+        positions), as ``create_axis`` would, but without checking them again, and, between files
+        datasets, without holding them: the axis file is checked and linked, or its lines taken
+        (an axis of millions of entries as Python strings would cost more memory than a
+        streaming step)."""
         self._check_writable()
         if self.has_axis(axis):
             raise DafError(f"existing axis: {axis} in the dataset: {self.path}")
-        if not self._copy_axis_file(reader, axis):
-            self._create_axis(axis, reader.axis_entries(axis))
+        if not self._copy_axis_file(reader, axis, take):
+            entries = reader.axis_entries(axis)
+            self._create_axis(axis, entries if take is None else entries[take])
 
-    def _copy_axis_file(self, reader: Reader, axis: str) -> bool:
+    def _copy_axis_file(self, reader: Reader, axis: str, take: np.ndarray | None) -> bool:
         """Copy ``axis`` from ``reader`` file to file, if the stores can; ``False`` if not."""
         return False
 
-    def copy_data1d(self, reader: Reader, name: str) -> None:
-        """Set the 1D data ``name`` to its values in ``reader``, whose axis has the same entries,
-        as ``set_data1d(name, reader.get_data1d(name))`` would; between files datasets a string
-        vector listing the axis's entries in order is checked and linked, not read into strings
-        (numbers are mapped and linked either way)."""
+    def copy_data1d(self, reader: Reader, name: str, take: np.ndarray | None = None) -> None:
+        """Set the 1D data ``name`` to its values in ``reader`` (with ``take``, those at these
+        increasing positions, as :meth:`copy_axis` took the axis), as ``set_data1d`` would;
+        between files datasets a string vector listing the axis's entries in order is checked
+        and linked, or its lines taken, not read into strings (numbers are mapped either way)."""
         self._check_writable()
         axis, prop = split_data1d_name(name)
         if self.has_data1d(name):
             raise DafError(f"existing 1D data: {name} in the dataset: {self.path}")
-        if not self._copy_strings_file(reader, axis, prop):
-            self.set_data1d(name, reader.get_data1d(name))
+        if not self._copy_strings_file(reader, axis, prop, take):
+            values = reader.get_data1d(name)
+            self.set_data1d(name, values if take is None else values[take])
 
-    def _copy_strings_file(self, reader: Reader, axis: str, prop: str) -> bool:
+    def _copy_strings_file(
+        self, reader: Reader, axis: str, prop: str, take: np.ndarray | None
+    ) -> bool:
         """Copy the string vector ``axis#prop`` from ``reader`` file to file, if the stores can
         and it needs no reading; ``False`` if not."""
         return False

@@ -4,7 +4,8 @@ Each operation reads one matrix, named ``rows,columns#property`` by its ``matrix
 writes a dataset that keeps the input's items, axes and 1D data (so labels flow down the chain) plus
 its own matrix. Dense matrices are processed in row blocks, and sparse (CSR) ones in blocks of rows
 of about 64 MiB of non-zeros (only their values are new: the structure is the input's), each
-written while the next is computed, so data larger than memory streams through; pca past 4,096
+written while the next is computed; subsets (:func:`take_matrix`) are written block by block, and
+axes and properties go file to file, so data larger than memory streams through; pca past 4,096
 columns keeps columns x components, not columns^2.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from opchain.daf.mapping import is_sparse, make_csr, sparse
+from opchain.daf.mapping import is_sparse, make_csr
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 from opchain.report import new_figure
@@ -57,15 +58,9 @@ def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | No
         out.set_item(name, data.get_item(name))
     for axis in data.axis_names():
         keep = take if axis == rows else None
-        if keep is None:
-            out.copy_axis(data, axis)
-        else:
-            out.create_axis(axis, data.axis_entries(axis)[keep])
+        out.copy_axis(data, axis, keep)
         for vector in data.data1d_names(axis):
-            if keep is None:
-                out.copy_data1d(data, vector)
-            else:
-                out.set_data1d(vector, data.get_data1d(vector)[keep])
+            out.copy_data1d(data, vector, keep)
 
 
 def row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
@@ -192,8 +187,90 @@ def map_rows(
     write_rows(out, name, blocks(), dtype)
 
 
-def csr_over(values: Any, indices: Any, indptr: Any, shape: tuple[int, int], name: str) -> Any:
-    return make_csr(values, indices, indptr, shape, {"data": name, "indices": name, "indptr": name})
+def write_csr(
+    out: Any,
+    name: str,
+    indptr: np.ndarray,
+    shape: tuple[int, int],
+    dtype: Any,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Write the CSR ``name`` with row pointers ``indptr``, its values and column indices given
+    block after block (rows in order), gathered in file-backed scratch arrays, so that no more
+    than a block is in memory whatever the size."""
+    nnz = int(indptr[-1])
+    index = np.int32 if max(nnz, shape[1]) < 2**31 else np.int64  # as scipy chooses
+    with scratch(out, nnz, dtype) as values, scratch(out, nnz, index) as indices:
+        low = 0
+        for block_values, block_indices in blocks:
+            high = low + len(block_values)
+            values[low:high] = block_values
+            indices[low:high] = block_indices
+            low = high
+        names = {"data": name, "indices": name, "indptr": name}
+        out.set_data2d(name, make_csr(values, indices, indptr.astype(index), shape, names))
+
+
+def take_matrix(
+    out: Any,
+    name: str,
+    matrix: Any,
+    rows: np.ndarray | None = None,
+    columns: np.ndarray | None = None,
+) -> None:
+    """Write ``name``: ``matrix`` restricted to the increasing positions ``rows`` and ``columns``
+    (``None``: all of them), dense or sparse as it is, one block of rows at a time."""
+    if rows is None and columns is None:
+        out.set_data2d(name, matrix)
+    elif is_sparse(matrix):
+        take_sparse(out, name, matrix, rows, columns)
+    elif matrix.dtype == object:  # strings: no file to map them onto
+        part = matrix if rows is None else matrix[rows]
+        out.set_data2d(name, part if columns is None else part[:, columns])
+    else:
+        n_rows = matrix.shape[0] if rows is None else len(rows)
+
+        def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+            for block in row_blocks(n_rows, matrix.shape[1]):
+                part = np.asarray(matrix[block if rows is None else rows[block]])
+                yield block, part if columns is None else part[:, columns]
+
+        write_rows(out, name, blocks(), matrix.dtype)
+
+
+def take_sparse(
+    out: Any, name: str, matrix: Any, rows: np.ndarray | None, columns: np.ndarray | None
+) -> None:
+    """:func:`take_matrix` of a CSR matrix, in two passes when columns go (count, then fill)."""
+    indptr = np.asarray(matrix.indptr)
+    picked = np.arange(matrix.shape[0]) if rows is None else rows
+    lengths = indptr[picked + 1] - indptr[picked]
+    blocks = list(sparse_row_blocks(np.concatenate(([0], np.cumsum(lengths)))))
+    renumber = None
+    if columns is not None:
+        renumber = np.full(matrix.shape[1], -1, np.int64)
+        renumber[columns] = np.arange(len(columns))
+
+    def taken(block: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The values, new column indices and per-row counts of the picked rows in ``block``."""
+        starts, counts = indptr[picked[block]], lengths[block]
+        firsts = np.cumsum(counts) - counts
+        positions = np.repeat(starts - firsts, counts) + np.arange(counts.sum())
+        values, indices = matrix.data[positions], matrix.indices[positions]
+        if renumber is None:
+            return values, indices, counts
+        new = renumber[indices]
+        kept = new >= 0
+        rows_of = np.repeat(np.arange(len(counts)), counts)[kept]
+        return values[kept], new[kept], np.bincount(rows_of, minlength=len(counts))
+
+    out_lengths = lengths
+    if renumber is not None:
+        out_lengths = np.concatenate([taken(block)[2] for block in blocks] or [lengths])
+    shape = (len(picked), matrix.shape[1] if columns is None else len(columns))
+    indptr_out = np.concatenate(([0], np.cumsum(out_lengths)))
+    parts = (taken(block)[:2] for block in blocks)
+    write_csr(out, name, indptr_out, shape, matrix.dtype, parts)
 
 
 def write_rows(
@@ -424,10 +501,7 @@ def subsample(data: Any, params: dict[str, Any], ctx: Context) -> None:
     assert ctx.rng is not None
     take = np.sort(ctx.rng.choice(n_rows, size=round(n_rows * params["fraction"]), replace=False))
     carry(data, ctx.output, rows=rows_axis, take=take)
-    if is_sparse(matrix):
-        ctx.output.set_data2d(name, sparse().csr_matrix(matrix[take]))
-    else:
-        ctx.output.set_data2d(name, np.asarray(matrix[take]))
+    take_matrix(ctx.output, name, matrix, rows=take)
     ctx.results["rows_kept"] = len(take)
 
 

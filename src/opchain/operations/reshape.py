@@ -4,11 +4,12 @@ cross-validate (kfold), change a matrix's dtype or layout (convert)."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from opchain.daf.mapping import DTYPES, is_sparse, sparse
+from opchain.daf.mapping import DTYPES, is_sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 from opchain.operations.builtin import (
@@ -17,13 +18,13 @@ from opchain.operations.builtin import (
     VECTOR,
     carry,
     copy_matrices,
-    csr_over,
     dense_rows,
     map_sparse_values,
     matrix_names,
     row_blocks,
-    scratch,
     split_matrix_name,
+    take_matrix,
+    write_csr,
     write_rows,
 )
 
@@ -68,13 +69,12 @@ def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
     carry(data, ctx.output, rows=axis, take=keep)
     for name in matrix_names(data):
         rows, columns, _ = split_matrix_name(name)
-        matrix = data.get_data2d(name)
-        if rows == axis:
-            matrix = matrix[keep]
-        if columns == axis:
-            matrix = matrix[:, keep]
-        ctx.output.set_data2d(
-            name, sparse().csr_matrix(matrix) if is_sparse(matrix) else np.asarray(matrix)
+        take_matrix(
+            ctx.output,
+            name,
+            data.get_data2d(name),
+            rows=keep if rows == axis else None,
+            columns=keep if columns == axis else None,
         )
     ctx.results["kept"] = len(keep)
 
@@ -169,18 +169,16 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
 
 
 def dense_to_sparse(out: Any, name: str, matrix: Any, dtype: np.dtype) -> None:
-    """CSR from a dense matrix in two passes over row blocks (count, then fill scratch buffers),
-    so memory stays flat whatever the size."""
+    """CSR from a dense matrix in two passes over row blocks (count, then fill), so memory stays
+    flat whatever the size."""
     blocks = list(row_blocks(*matrix.shape))
     counts = [np.count_nonzero(dense_rows(matrix, b), axis=1) for b in blocks]
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts or [[]]))]).astype(np.int64)
-    nnz = int(indptr[-1])
-    index = np.int32 if max(nnz, matrix.shape[1]) < 2**31 else np.int64  # as scipy chooses
-    with scratch(out, nnz, dtype) as values, scratch(out, nnz, index) as indices:
+
+    def nonzeros() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for block in blocks:
             rows = dense_rows(matrix, block)
             nonzero = np.nonzero(rows)  # row-major order: CSR's
-            low, high = int(indptr[block.start]), int(indptr[block.stop])
-            values[low:high] = rows[nonzero]
-            indices[low:high] = nonzero[1]
-        out.set_data2d(name, csr_over(values, indices, indptr.astype(index), matrix.shape, name))
+            yield rows[nonzero], nonzero[1]
+
+    write_csr(out, name, indptr, matrix.shape, dtype, nonzeros())
