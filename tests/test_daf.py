@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1238,6 +1239,46 @@ def test_copy_data1d_links_a_string_vector_that_lists_the_axis(store: str, tmp_p
             == (tmp_path / "source" / f"{name}.csv").stat().st_ino
         }
         assert linked == {"cell#plain"}
+
+
+@pytest.mark.parametrize(
+    ("axis", "vector", "as_column"),
+    [
+        ("a\nb\nc\n", "a,x\nb,\nc,ß\n", True),  # in the axis's order
+        ("a\nb\nc\n", "\ufeffcell,type\na,x\nb,y\nc,z\n", True),  # after a byte-order mark
+        ("a\nb\nc\n", "a,x\nc,z\n", False),  # a missing value
+        ("a\nb\nc\n", "b,y\na,x\nc,z\n", False),  # another order
+        ("a\n\nb\n", "a,x\n,y\nb,z\n", False),  # a blank line in the axis, an empty entry
+        ("a\nb\na\n", "a,x\nb,y\na,z\n", True),  # a duplicate axis entry
+        ("a\nb\n", "a,x\nb,y,z\n", False),  # three fields
+        ("a\nb\n", "a,x\nb,\xff\n", False),  # not UTF-8
+    ],
+)
+def test_string_vectors_in_axis_order_read_as_any_other(
+    tmp_path: Path, axis: str, vector: str, as_column: bool
+) -> None:
+    """A string vector listing its axis in order is read as its values column (no index of the
+    axis), with the same values, or the same error, as matching entry by entry."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "__daf__.yaml").write_text("version: [1, 0]\n")
+    (tmp_path / "d" / "cell#.csv").write_text("cell\n" + axis)
+    header = "" if vector.startswith("\ufeff") else "cell,type\n"
+    raw = (header + vector).encode("utf-8").replace("\xff".encode(), b"\xff")
+    (tmp_path / "d" / "cell#type.csv").write_bytes(raw)
+
+    def outcome(read: Callable[[FilesReader], np.ndarray | None]) -> object:
+        try:
+            found = read(FilesReader(tmp_path / "d"))
+            return None if found is None else found.tolist()
+        except DafError as error:
+            return str(error)
+
+    by_entry = outcome(
+        lambda reader: reader._read_strings("cell#type", ("cell",), [["cell", "type"]])
+    )
+    by_column = outcome(lambda reader: reader._strings_in_axis_order("cell", "type"))
+    assert outcome(lambda reader: reader.get_data1d("cell#type")) == by_entry
+    assert by_column == (by_entry if as_column else None)
 
 
 @pytest.mark.parametrize("chunk", [4 << 20, 1])
