@@ -507,21 +507,32 @@ class FilesReader(Reader):
         shape, dtypes, _ = self._read_sidecar(stem, (axis,), sparse=False)
         return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
 
+    def _listing_axis(
+        self, axis: str, prop: str, values: list[str] | None = None
+    ) -> tuple[bytes, bytes] | None:
+        """The bytes of the string vector file ``axis#prop`` and of its axis file (without a
+        byte-order mark) if the first lists the entries of the second in order (see
+        :func:`_lists_axis`, which appends the values to ``values``); ``None`` if not, or if
+        either can't be read (reading them in full reports it)."""
+        try:
+            data = (self._dir / f"{axis}#{prop}.csv").read_bytes()
+            entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+        except OSError:
+            return None
+        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries, values):
+            return None
+        return data, entries
+
     def _strings_in_axis_order(self, axis: str, prop: str) -> np.ndarray | None:
         """The string vector ``axis#prop`` if its file lists the plain axis file's entries in
         order: its values column, without the index of the axis's entries that matching them
         one by one needs (for 10 million entries, gigabytes); ``None`` if not."""
-        axis_path = self._dir / f"{axis}#.csv"
-        try:
-            data = (self._dir / f"{axis}#{prop}.csv").read_bytes()
-            entries = axis_path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-        except OSError:
-            return None  # reading it in full reports it
         values: list[str] = []
-        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries, values):
+        found = self._listing_axis(axis, prop, values)
+        if found is None:
             return None
         if ("axis", axis) not in self._cache and ("checked", axis) not in self._cache:
-            _check_plain_axis(axis_path, entries)  # as matching them against the axis would
+            _check_plain_axis(self._dir / f"{axis}#.csv", found[1])  # as matching them would
             self._cache[("checked", axis)] = True
         return frozen(np.array(values, dtype=object))
 
@@ -703,15 +714,10 @@ class FilesWriter(FilesReader, Writer):
     ) -> bool:
         if not isinstance(reader, FilesReader) or reader._vectors.get(axis, {}).get(prop) != "csv":
             return False
-        source = reader._dir / f"{axis}#{prop}.csv"
-        try:
-            data = source.read_bytes()
-            entries = (reader._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
-        except OSError:
-            return False  # reading the values reports it
-        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries):
+        found = reader._listing_axis(axis, prop)
+        if found is None:
             return False
-        self._copy_lines(source, data, take)
+        self._copy_lines(reader._dir / f"{axis}#{prop}.csv", found[0], take)
         self._vectors.setdefault(axis, {})[prop] = "csv"
         return True
 
