@@ -34,6 +34,7 @@ from opchain.daf import (
     open_reader,
 )
 from opchain.daf import files as files_module
+from opchain.daf import interface as interface_module
 from opchain.errors import DafError
 
 # The daf example as the repo ships it (an unchanged copy of shared/fixtures/daf-example).
@@ -1258,7 +1259,8 @@ def test_string_vectors_in_axis_order_read_as_any_other(
     tmp_path: Path, axis: str, vector: str, as_column: bool
 ) -> None:
     """A string vector listing its axis in order is read as its values column (no index of the
-    axis), with the same values, or the same error, as matching entry by entry."""
+    axis), whole or in pieces, with the same values, or the same error, as matching entry by
+    entry."""
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "__daf__.yaml").write_text("version: [1, 0]\n")
     (tmp_path / "d" / "cell#.csv").write_text("cell\n" + axis)
@@ -1276,9 +1278,17 @@ def test_string_vectors_in_axis_order_read_as_any_other(
     by_entry = outcome(
         lambda reader: reader._read_strings("cell#type", ("cell",), [["cell", "type"]])
     )
-    by_column = outcome(lambda reader: reader._strings_in_axis_order("cell", "type"))
+
+    def by_column(reader: FilesReader) -> np.ndarray | None:
+        chunks = reader._strings_in_axis_order("cell", "type")
+        return None if chunks is None else np.array([v for c in chunks for v in c], dtype=object)
+
+    def in_pieces(reader: FilesReader) -> np.ndarray:
+        return np.concatenate([np.zeros(0, object), *reader.data1d_chunks("cell#type")])
+
     assert outcome(lambda reader: reader.get_data1d("cell#type")) == by_entry
-    assert by_column == (by_entry if as_column else None)
+    assert outcome(in_pieces) == by_entry
+    assert outcome(by_column) == (by_entry if as_column else None)
 
 
 @pytest.mark.parametrize("chunk", [4 << 20, 1])
@@ -1316,6 +1326,48 @@ def test_copy_axis_and_data1d_take_entries(
     assert copied.axis_entries("cell").tolist() == [entries[i] for i in take]
     for name, vector in values.items():
         assert copied.get_data1d(name).tolist() == [vector[i] for i in take], name
+
+
+def test_vectors_scan_in_pieces_and_strings_write_without_the_axis_entries(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data1d_chunks`` gives a vector's values in axis order, in pieces; between files
+    datasets a string vector listing its axis, and any string vector written onto a copied axis,
+    never needs the axis's entries as strings (a line a chunk here, as in a file of millions)."""
+    chunks = files_module._line_chunks
+    monkeypatch.setattr(files_module, "_line_chunks", lambda data, at: chunks(data, at, 1))
+    monkeypatch.setattr(interface_module, "CHUNK_ENTRIES", 2)
+    entries = ["a", "bb", "ß", "d d", "e"]
+    values = {
+        "cell#plain": ["T", "", "ß cell", "x", "y"],
+        "cell#missing": ["T", None, "B", None, "C"],
+        "cell#tricky": TRICKY_STRINGS[:5],
+        "cell#score": np.arange(5, dtype=np.float32),
+    }
+    path = dataset_path(store, tmp_path, "source")
+    with new_writer(store, path) as writer:
+        writer.create_axis("cell", entries)
+        for name, vector in values.items():
+            writer.set_data1d(name, np.array(vector, dtype=getattr(vector, "dtype", object)))
+    with FilesWriter(tmp_path / "copy") as writer, monkeypatch.context() as strings:
+        strings.setattr(FilesReader, "_axis_entries", None)  # neither dataset's entries are read
+        reader = fresh_reader(store, path)
+        writer.copy_axis(FilesReader(tmp_path / "source") if store == "files" else reader, "cell")
+        if store == "files":
+            pieces = list(reader.data1d_chunks("cell#plain"))
+            assert [piece.tolist() for piece in pieces] == [
+                [value] for value in values["cell#plain"]
+            ]
+            writer.set_data1d("cell#more", np.concatenate(pieces))
+    reader = fresh_reader(store, path)
+    for name, vector in values.items():
+        pieces = list(reader.data1d_chunks(name))
+        assert all(len(piece) <= 2 for piece in pieces), name
+        assert np.concatenate(pieces).tolist() == list(vector), name
+    if store == "files":
+        assert (
+            FilesReader(tmp_path / "copy").get_data1d("cell#more").tolist() == values["cell#plain"]
+        )
 
 
 @pytest.mark.parametrize(

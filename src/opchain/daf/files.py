@@ -275,13 +275,11 @@ def _check_plain_axis(path: Path, data: bytes) -> None:
                 seen.add(entry)
 
 
-def _lists_axis(
-    data: bytes, axis: str, prop: str, axis_file: bytes, values: list[str] | None = None
-) -> bool:
+def _lists_axis(data: bytes, axis: str, prop: str, axis_file: bytes) -> bool:
     """Whether ``data``, the file of the 1D strings ``axis#prop``, has a value for every entry of
     the plain axis file ``axis_file``, in its order, on plain lines (``entry,value``, no quotes),
     in UTF-8: then it is valid as it is (if the axis is), and that is checked by comparing
-    bytes, not by reading strings. The values are appended to ``values``, if given."""
+    bytes, not by reading strings."""
     header_end = data.find(b"\n") + 1
     axis_start = axis_file.find(b"\n") + 1
     if (
@@ -296,21 +294,36 @@ def _lists_axis(
         return False
     offset = axis_start
     for chunk in _line_chunks(data, header_end):
-        text = np.frombuffer(chunk, np.uint8)
-        ends = np.flatnonzero(text == ord("\n"))
-        commas = np.flatnonzero(text == ord(","))
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        if len(commas) != len(ends) or (commas < starts).any() or (commas > ends).any():
-            return False  # not one comma a line (or a line without its end)
-        entries = _spans(len(text), starts, commas)
-        entries[ends] = True
+        text, entries = _entry_bytes(chunk)
+        if entries is None:
+            return False
         listed = text[entries].tobytes()
         if axis_file[offset : offset + len(listed)] != listed or not _is_utf8(chunk):
             return False
         offset += len(listed)
-        if values is not None:  # each value after its line's comma: ",v1,v2"
-            values.extend(text[~entries].tobytes().decode("utf-8").split(",")[1:])
     return offset == len(axis_file)
+
+
+def _entry_bytes(chunk: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bytes of ``chunk`` (whole ``entry,value`` lines) and a mask of those of its entries
+    and line ends; ``None`` for the mask unless every line has one comma."""
+    text = np.frombuffer(chunk, np.uint8)
+    ends = np.flatnonzero(text == ord("\n"))
+    commas = np.flatnonzero(text == ord(","))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if len(commas) != len(ends) or (commas < starts).any() or (commas > ends).any():
+        return text, None
+    entries = _spans(len(text), starts, commas)
+    entries[ends] = True
+    return text, entries
+
+
+def _values_column(data: bytes) -> Iterator[list[str]]:
+    """The values of a file that :func:`_lists_axis` accepted, a chunk of lines at a time."""
+    for chunk in _line_chunks(data, data.index(b"\n") + 1):
+        text, entries = _entry_bytes(chunk)
+        assert entries is not None  # checked by _lists_axis
+        yield text[~entries].tobytes().decode("utf-8").split(",")[1:]  # ",v1,v2": after each comma
 
 
 def _take_lines(data: bytes, start: int, positions: np.ndarray) -> Iterator[bytes]:
@@ -500,41 +513,48 @@ class FilesReader(Reader):
     def _get_data1d(self, axis: str, prop: str) -> np.ndarray:
         stem = f"{axis}#{prop}"
         if self._vectors[axis][prop] == "csv":
-            values = self._strings_in_axis_order(axis, prop)
-            if values is not None:
-                return values
+            chunks = self._strings_in_axis_order(axis, prop)
+            if chunks is not None:
+                values: list[str] = []
+                for chunk in chunks:
+                    values.extend(chunk)
+                return frozen(np.array(values, dtype=object))
             return self._read_strings(stem, (axis,), _headers_1d(axis, prop))
         shape, dtypes, _ = self._read_sidecar(stem, (axis,), sparse=False)
         return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
 
-    def _listing_axis(
-        self, axis: str, prop: str, values: list[str] | None = None
-    ) -> tuple[bytes, bytes] | None:
+    def _data1d_chunks(self, axis: str, prop: str) -> Iterator[np.ndarray] | None:
+        if self._vectors[axis][prop] != "csv":
+            return None
+        chunks = self._strings_in_axis_order(axis, prop)
+        return None if chunks is None else (np.array(chunk, dtype=object) for chunk in chunks)
+
+    def _listing_axis(self, axis: str, prop: str) -> tuple[bytes, bytes] | None:
         """The bytes of the string vector file ``axis#prop`` and of its axis file (without a
         byte-order mark) if the first lists the entries of the second in order (see
-        :func:`_lists_axis`, which appends the values to ``values``); ``None`` if not, or if
-        either can't be read (reading them in full reports it)."""
+        :func:`_lists_axis`); ``None`` if not, or if either can't be read (reading them in full
+        reports it)."""
         try:
             data = (self._dir / f"{axis}#{prop}.csv").read_bytes()
             entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
         except OSError:
             return None
-        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries, values):
+        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries):
             return None
         return data, entries
 
-    def _strings_in_axis_order(self, axis: str, prop: str) -> np.ndarray | None:
-        """The string vector ``axis#prop`` if its file lists the plain axis file's entries in
-        order: its values column, without the index of the axis's entries that matching them
-        one by one needs (for 10 million entries, gigabytes); ``None`` if not."""
-        values: list[str] = []
-        found = self._listing_axis(axis, prop, values)
+    def _strings_in_axis_order(self, axis: str, prop: str) -> Iterator[list[str]] | None:
+        """The values of the string vector ``axis#prop``, a chunk of its file at a time, if its
+        file lists the plain axis file's entries in order: its values column, without the index
+        of the axis's entries that matching them one by one needs (for 10 million entries,
+        gigabytes); ``None`` if not."""
+        found = self._listing_axis(axis, prop)
         if found is None:
             return None
         if ("axis", axis) not in self._cache and ("checked", axis) not in self._cache:
             _check_plain_axis(self._dir / f"{axis}#.csv", found[1])  # as matching them would
             self._cache[("checked", axis)] = True
-        return frozen(np.array(values, dtype=object))
+        return _values_column(found[0].removeprefix(b"\xef\xbb\xbf"))
 
     def _data2d_names(self, rows: str, columns: str) -> dict[str, str]:
         return self._matrices.get((rows, columns), {})
@@ -737,14 +757,14 @@ class FilesWriter(FilesReader, Writer):
     def _set_data1d(self, axis: str, prop: str, vector: np.ndarray) -> None:
         stem = f"{axis}#{prop}"
         if vector.dtype == object:
-            lines = [_csv_line(*_headers_1d(axis, prop)[0])]
-            entries = self.axis_entries(axis)
-            lines.extend(
-                _csv_line(entry, value)
-                for entry, value in zip(entries, vector, strict=True)
-                if value is not None
-            )
-            _write_text(self._dir / f"{stem}.csv", "".join(lines))
+            with open(self._dir / f"{stem}.csv", "w", encoding="utf-8", newline="") as file:
+                file.write(_csv_line(*_headers_1d(axis, prop)[0]))
+                done = 0
+                for entries in self._entry_chunks(axis):
+                    values = vector[done : done + len(entries)]
+                    lines = zip(entries, values, strict=True)
+                    file.write("".join(_csv_line(e, v) for e, v in lines if v is not None))
+                    done += len(entries)
             kind = "csv"
         else:
             dtype = np.dtype(vector.dtype.name).newbyteorder("<")
@@ -752,6 +772,17 @@ class FilesWriter(FilesReader, Writer):
             self._write_sidecar(stem, {"dtype": dtype.name, "shape": [len(vector)]})
             kind = "array"
         self._vectors.setdefault(axis, {})[prop] = kind
+
+    def _entry_chunks(self, axis: str) -> Iterator[Sequence[str]]:
+        """The entries of ``axis`` a piece of its file at a time if it was copied as a plain
+        file (its lines are its entries, checked when copied), else all at once."""
+        if ("axis", axis) not in self._cache:
+            data = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+            if _is_plain_axis(data, axis):
+                for chunk in _line_chunks(data, data.index(b"\n") + 1):
+                    yield chunk.decode("utf-8").split("\n")[:-1]
+                return
+        yield self.axis_entries(axis)
 
     def _set_data2d(self, rows: str, columns: str, prop: str, matrix: Matrix) -> None:
         stem = f"{rows},{columns}#{prop}"

@@ -76,6 +76,9 @@ RESERVED_ITEMS: frozenset[str] = frozenset({"__daf__", "metadata", "input_metada
 #: Longest name, in UTF-8 bytes, so that ``<name>.indices`` still fits a 255-byte file name.
 MAX_NAME_BYTES = 247
 
+#: Entries a scan of a vector reads at a time (see :meth:`Reader.data1d_chunks`).
+CHUNK_ENTRIES = 1 << 20
+
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
@@ -454,6 +457,21 @@ class Reader(ABC):
         axis, prop = split_data1d_name(name)
         return self._cached(("1d", axis, prop), lambda: self._get_data1d(axis, prop))
 
+    def data1d_chunks(self, name: str) -> Iterator[np.ndarray]:
+        """The 1D data ``axis#property`` in axis order, as consecutive pieces (read-only): all
+        a scan of a vector (comparing, grouping) needs. A string vector is then never held as
+        a string per entry: of 10 million entries, that would be a gigabyte."""
+        if not self.has_data1d(name):
+            raise DafError(f"missing 1D data: {name} in the dataset: {self.path}")
+        axis, prop = split_data1d_name(name)
+        if ("1d", axis, prop) not in self._cache:
+            chunks = self._data1d_chunks(axis, prop)
+            if chunks is not None:
+                return chunks
+        vector = self.get_data1d(name)
+        starts = range(0, len(vector), CHUNK_ENTRIES)
+        return (vector[start : start + CHUNK_ENTRIES] for start in starts)
+
     # 2D data
 
     def data2d_names(self, rows: str, columns: str) -> list[str]:
@@ -537,6 +555,11 @@ class Reader(ABC):
 
     @abstractmethod
     def _get_data1d(self, axis: str, prop: str) -> np.ndarray: ...
+
+    def _data1d_chunks(self, axis: str, prop: str) -> Iterator[np.ndarray] | None:
+        """The pieces :meth:`data1d_chunks` gives, if the store reads them better than slicing
+        the whole vector; ``None`` if not."""
+        return None
 
     @abstractmethod
     def _data2d_names(self, rows: str, columns: str) -> Iterable[str]: ...
