@@ -156,6 +156,35 @@ def test_randomized_pca_matches_the_exact_one(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(again.get_data2d("cell,pc#pca")), rproj.astype(np.float32))
 
 
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_pca_of_a_sparse_matrix_is_the_dense_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Sparse blocks are centered without densifying them: the same variances and projection
+    as the dense matrix's, at blocks of five non-zeros."""
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8 * 5)
+    params = {"matrix": "cell,gene#X", "components": 3, "method": method}
+    dense, _ = apply("pca", dataset(tmp_path / "dense"), params)
+    sparse, _ = apply("pca", dataset(tmp_path / "sparse", sp.csr_matrix(X)), params)
+    for name in ("pc#explained_variance", "cell,pc#pca"):
+        expected = np.asarray(dense.get_data1d(name) if "," not in name else dense.get_data2d(name))
+        found = sparse.get_data1d(name) if "," not in name else sparse.get_data2d(name)
+        np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_pca_plots_at_most_20000_rows(tmp_path: Path) -> None:
+    rows = 25_000
+    source = tmp_path / "in"
+    with FilesWriter(source) as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(rows)], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(6)], dtype=object))
+        out.set_data2d("cell,gene#X", RNG.poisson(3.0, size=(rows, 6)).astype(np.float32))
+    out, ctx = apply("pca", source, {"matrix": "cell,gene#X", "components": 2})
+    points = ctx.figures["first_components"].axes[0].collections[0].get_offsets()
+    projected = np.asarray(out.get_data2d("cell,pc#pca"))
+    np.testing.assert_array_equal(points, projected[::2])  # every other row: 12,500 points
+
+
 def test_subsample_is_random_per_seed_and_reproducible(tmp_path: Path) -> None:
     source = dataset(tmp_path / "in")
     first, ctx = apply("subsample", source, {"matrix": "cell,gene#X", "fraction": 0.25}, seed=1)
@@ -189,6 +218,40 @@ def test_nearest_centroid_scores_separable_classes_perfectly(tmp_path: Path) -> 
     assert list(out.get_data1d("cell#predicted")) == list(LABELS)
 
 
+def grouped(path: Path, matrix: object, labels: np.ndarray, is_test: np.ndarray) -> Path:
+    with FilesWriter(path) as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(len(labels))], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(6)], dtype=object))
+        out.set_data1d("cell#type", labels)
+        out.set_data1d("cell#is_test", is_test)
+        out.set_data2d("cell,gene#X", matrix)
+    return path
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_nearest_centroid_streams_what_numpy_computes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sparse: bool
+) -> None:
+    """At blocks of a row, dense or sparse: the centroids, predictions and accuracy of a direct
+    numpy computation, a class seen only in test rows scored wrong, and no training rows an
+    error."""
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8)
+    labels = np.array(list("abcab" * 7) + ["z"] * 5, dtype=object)  # z: test rows only
+    is_test = (np.arange(40) % 3 == 0) | (labels == "z")
+    source = grouped(tmp_path / "in", sp.csr_matrix(X) if sparse else X, labels, is_test)
+    out, ctx = apply("nearest_centroid", source, {"matrix": "cell,gene#X", "labels": "cell#type"})
+    classes = ["a", "b", "c"]
+    centroids = np.stack([X[~is_test & (labels == c)].mean(axis=0) for c in classes])
+    np.testing.assert_allclose(ctx.datastore["centroids"], centroids)
+    predicted = np.array(classes)[((X[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)]
+    assert out.get_data1d("cell#predicted").tolist() == predicted.tolist()
+    assert ctx.results["accuracy"] == (predicted == labels)[is_test].mean()
+    assert ctx.datastore["classes"] == classes
+    no_training = grouped(tmp_path / "all", X, labels, np.ones(40, bool))
+    with pytest.raises(OpchainError, match="no training rows"):
+        apply("nearest_centroid", no_training, {"matrix": "cell,gene#X", "labels": "cell#type"})
+
+
 def test_kmeans_finds_separated_clusters(tmp_path: Path) -> None:
     blobs = np.where((np.arange(40) < 20)[:, None], 0.0, 50.0) + X / 10
     source = dataset(tmp_path / "in", blobs.astype(np.float32))
@@ -196,6 +259,30 @@ def test_kmeans_finds_separated_clusters(tmp_path: Path) -> None:
     cluster = np.asarray(out.get_data1d("cell#cluster"))
     assert len(set(cluster[:20])) == 1 and len(set(cluster[20:])) == 1 and cluster[0] != cluster[-1]
     assert ctx.results["inertia"] == ctx.datastore["scores"]["inertia"] > 0
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_kmeans_streams_what_lloyds_algorithm_computes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sparse: bool
+) -> None:
+    """At blocks of a row, dense or sparse: the clusters and inertia of Lloyd's algorithm run on
+    the whole matrix in numpy from the same random rows, converged or stopped early."""
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8)
+    source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse else X)
+    for iterations in (1, 50):
+        params = {"matrix": "cell,gene#X", "clusters": 3, "iterations": iterations}
+        out, ctx = apply("kmeans", source, params, seed=4)
+        centroids = X[np.random.default_rng(4).choice(40, size=3, replace=False)].astype(float)
+        for _ in range(iterations):
+            assigned = ((X[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+            moved = np.stack([X[assigned == c].mean(axis=0) for c in range(3)])
+            if np.allclose(moved, centroids):
+                break
+            centroids = moved
+        assigned = ((X[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+        assert out.get_data1d("cell#cluster").tolist() == assigned.tolist(), iterations
+        inertia = ((X - centroids[assigned]) ** 2).sum()
+        assert ctx.results["inertia"] == pytest.approx(inertia, rel=1e-9), iterations
 
 
 def test_unknown_and_undecorated_operations_are_refused() -> None:
@@ -245,6 +332,8 @@ def test_filter_keeps_the_entries_that_pass(tmp_path: Path, sparse_x: bool) -> N
         )
     with pytest.raises(OpchainError, match="'gene#x' is not a vector of the axis 'cell'"):
         apply("filter", source, {**params, "property": "gene#x"})
+    with pytest.raises(OpchainError, match="values of cell#type can't be compared with 3 by <"):
+        apply("filter", source, {**params, "op": "<", "value": 3})
 
 
 @pytest.mark.parametrize("store", ["files", "h5"])
@@ -303,16 +392,25 @@ def same_array(found: object, expected: object) -> bool:
     return found.dtype == expected.dtype and np.array_equal(found, expected)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("method", ["sum", "mean"])
-def test_aggregate_groups_rows_by_a_property(tmp_path: Path, method: str) -> None:
-    source = dataset(tmp_path / "in")
-    out, _ = apply(
-        "aggregate", source, {"matrix": "cell,gene#X", "by": "cell#type", "method": method}
-    )
+def test_aggregate_groups_rows_by_a_property(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, sparse: bool
+) -> None:
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8 * 5)  # a row, or five non-zeros, a block
+    source = dataset(tmp_path / "in", sp.csr_matrix(X) if sparse else X)
+    params = {"matrix": "cell,gene#X", "by": "cell#type", "method": method}
+    out, _ = apply("aggregate", source, params)
     assert list(out.axis_entries("type")) == ["a", "b"]
     reduce = np.sum if method == "sum" else np.mean
     expected = np.stack([reduce(X[g == LABELS], axis=0) for g in ("a", "b")])
     np.testing.assert_allclose(out.get_data2d("type,gene#X"), expected)
+    numbers = grouped(tmp_path / "numbers", X, np.arange(40) % 12, np.zeros(40, bool))
+    by_number, _ = apply("aggregate", numbers, {**params, "by": "cell#type"})
+    groups = sorted(str(g) for g in range(12))  # the groups' names, in their order as strings
+    assert by_number.axis_entries("type").tolist() == groups
+    expected = np.stack([reduce(X[np.arange(40) % 12 == int(g)], axis=0) for g in groups])
+    np.testing.assert_allclose(by_number.get_data2d("type,gene#X"), expected)
     one, _ = apply(
         "aggregate", tiny(tmp_path / "one", 1), {"matrix": "cell,gene#X", "by": "cell#type"}
     )

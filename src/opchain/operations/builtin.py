@@ -69,9 +69,60 @@ def row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
         yield slice(start, min(n_rows, start + step))
 
 
-def dense_rows(matrix: Any, rows: slice) -> np.ndarray:
+def dense_rows(matrix: Any, rows: slice | np.ndarray) -> np.ndarray:
     block = matrix[rows]
     return block.toarray() if is_sparse(block) else np.asarray(block)
+
+
+def matrix_blocks(matrix: Any) -> Iterator[slice]:
+    """Row blocks of about BLOCK_BYTES: of dense values, or of a CSR matrix's non-zeros."""
+    return sparse_row_blocks(matrix.indptr) if is_sparse(matrix) else row_blocks(*matrix.shape)
+
+
+def group_codes(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of the vector ``name`` as sorted strings, and the position of each
+    entry's value among them, from the vector's pieces: never a string per entry in memory."""
+    index: dict[str, int] = {}
+    codes = []
+    for piece in data.data1d_chunks(name):
+        labels, local = np.unique(np.asarray(piece).astype(str), return_inverse=True)
+        found = [index.setdefault(label, len(index)) for label in labels.tolist()]
+        codes.append(np.array(found, np.int64)[local.reshape(-1)])
+    labels = np.array(list(index), dtype=str)
+    order = np.argsort(labels)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return labels[order], rank[np.concatenate(codes)] if codes else np.zeros(0, np.int64)
+
+
+def group_sums(matrix: Any, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the float64 sum of the rows of ``matrix`` in it (``groups``: each row's
+    group, -1 for none) and their number, a block at a time (sparse blocks stay sparse)."""
+    import scipy.sparse as sp  # here, not at the top: a job that never groups does not pay for it
+
+    sums = np.zeros((n_groups, matrix.shape[1]))
+    for rows in matrix_blocks(matrix):
+        member = groups[rows]
+        picked = np.flatnonzero(member >= 0)
+        shape = (n_groups, len(member))
+        indicator = sp.csr_matrix((np.ones(len(picked)), (member[picked], picked)), shape=shape)
+        block = matrix[rows]
+        sums += np.asarray((indicator @ block).toarray() if is_sparse(block) else indicator @ block)
+    return sums, np.bincount(groups[groups >= 0], minlength=n_groups)
+
+
+def nearest(matrix: Any, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centroid and squared distance to it, a block at a time (a block's
+    rows x centroids x columns differences stay within BLOCK_BYTES)."""
+    n_rows, n_columns = matrix.shape
+    assignment = np.zeros(n_rows, np.int64)
+    distance = np.zeros(n_rows)
+    for rows in row_blocks(n_rows, n_columns * len(centroids)):
+        block = dense_rows(matrix, rows).astype(np.float64)
+        squares = ((block[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+        assignment[rows] = squares.argmin(axis=1)
+        distance[rows] = squares.min(axis=1)
+    return assignment, distance
 
 
 def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -79,10 +130,11 @@ def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
     n_rows, n_columns = matrix.shape
     total = np.zeros(n_columns)
     squares = np.zeros(n_columns)
-    for rows in row_blocks(n_rows, n_columns):
-        block = dense_rows(matrix, rows).astype(np.float64)
-        total += block.sum(axis=0)
-        squares += np.square(block).sum(axis=0)
+    for rows in matrix_blocks(matrix):  # a sparse block stays sparse
+        block = matrix[rows].astype(np.float64)
+        squared = block.multiply(block) if is_sparse(block) else np.square(block)
+        total += np.asarray(block.sum(axis=0)).ravel()
+        squares += np.asarray(squared.sum(axis=0)).ravel()
     mean = total / max(n_rows, 1)
     std = np.sqrt(np.maximum(squares / max(n_rows, 1) - np.square(mean), 0.0))
     return mean, std
@@ -378,6 +430,13 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
 EXACT_PCA_COLUMNS = 4096  # 128 MiB of float64 covariance; past it, the randomized method
 
 
+def centered_times(block: Any, mean: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``(block - mean) @ g`` in float64; a sparse block is not densified to center it."""
+    if is_sparse(block):
+        return block @ g - mean @ g
+    return (block.astype(np.float64) - mean) @ g
+
+
 def exact_top(matrix: Any, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest eigenvalues and eigenvectors of the covariance, from the full covariance
     accumulated over row blocks (columns x columns memory)."""
@@ -403,9 +462,13 @@ def randomized_top(
 
     def covariance_times(g: np.ndarray) -> np.ndarray:
         product = np.zeros((n_columns, g.shape[1]))
-        for rows in row_blocks(n_rows, n_columns):
-            block = dense_rows(matrix, rows).astype(np.float64) - mean
-            product += block.T @ (block @ g)
+        for rows in matrix_blocks(matrix):
+            block = matrix[rows]
+            if is_sparse(block):  # X - mean's columns sum to 0: X^T does for (X - mean)^T
+                product += block.T @ centered_times(block, mean, g)
+            else:
+                centered = block.astype(np.float64) - mean
+                product += centered.T @ (centered @ g)
         return product / max(n_rows - 1, 1)
 
     g = np.random.default_rng(0).standard_normal((n_columns, width))
@@ -457,10 +520,7 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     write_rows(
         ctx.output,
         f"{rows_axis},pc#{params['output']}",
-        (
-            (rows, (dense_rows(matrix, rows) - mean) @ basis)
-            for rows in row_blocks(n_rows, n_columns)
-        ),
+        ((rows, centered_times(matrix[rows], mean, basis)) for rows in matrix_blocks(matrix)),
     )
     # The total variance is the covariance's trace: the columns' variances, no full spectrum needed.
     total = max(float(np.square(std).sum()) * n_rows / max(n_rows - 1, 1), 1e-300)
@@ -469,10 +529,9 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.figures["explained_variance"] = figure = new_figure()
     figure.subplots().bar(range(1, k + 1), ratio)
     figure.axes[0].set(xlabel="component", ylabel="explained variance ratio")
-    if k >= 2:
-        projected = dense_rows(
-            ctx.output.get_data2d(f"{rows_axis},pc#{params['output']}"), slice(None)
-        )
+    if k >= 2:  # every row up to 20,000 (more would hide each other), else evenly spaced ones
+        every = slice(None, None, -(-n_rows // 20_000) or 1)
+        projected = np.asarray(ctx.output.get_data2d(f"{rows_axis},pc#{params['output']}")[every])
         ctx.figures["first_components"] = figure = new_figure()
         figure.subplots().scatter(projected[:, 0], projected[:, 1], s=4)
         figure.axes[0].set(xlabel="pc_1", ylabel="pc_2")
@@ -562,25 +621,32 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Fit one centroid per class on the training rows; score accuracy on the test rows."""
     name = params["matrix"]
     rows_axis, _, _ = split_matrix_name(name)
-    matrix = dense_rows(data.get_data2d(name), slice(None)).astype(np.float64)
-    labels = np.asarray(data.get_data1d(params["labels"])).astype(str)
+    matrix = data.get_data2d(name)
+    labels, codes = group_codes(data, params["labels"])
     test_name = params["test"] or f"{rows_axis}#is_test"
     is_test = np.asarray(data.get_data1d(test_name), dtype=bool)
-    classes = np.unique(labels[~is_test])
-    centroids = np.stack([matrix[~is_test & (labels == c)].mean(axis=0) for c in classes])
-    distances = ((matrix[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
-    predicted = classes[distances.argmin(axis=1)]
-    accuracy = (
-        float((predicted[is_test] == labels[is_test]).mean()) if is_test.any() else float("nan")
-    )
+    trained = np.unique(codes[~is_test])  # the classes with training rows
+    if not len(trained):
+        raise OpchainError(f"nearest_centroid: no training rows ({test_name} marks every row)")
+    classes = labels[trained]
+    position = np.full(len(labels), -1)  # each label's class, -1 if it has no training rows
+    position[trained] = np.arange(len(trained))
+    truth = position[codes]
+    sums, counts = group_sums(matrix, np.where(is_test, -1, truth), len(classes))
+    centroids = sums / counts[:, None]
+    predicted, _ = nearest(matrix, centroids)
+    tested = np.flatnonzero(is_test)
+    accuracy = float((predicted[tested] == truth[tested]).mean()) if len(tested) else float("nan")
     carry(data, ctx.output)
-    ctx.output.set_data1d(f"{rows_axis}#predicted", predicted.astype(object))
+    ctx.output.set_data1d(f"{rows_axis}#predicted", classes.astype(object)[predicted])
     ctx.results["accuracy"] = accuracy
     ctx.datastore["centroids"] = centroids
     ctx.datastore["classes"] = classes.tolist()
-    ctx.datastore["scores"] = {"accuracy": accuracy, "test_rows": int(is_test.sum())}
-    ctx.log.info("accuracy %.4f on %d test rows", accuracy, int(is_test.sum()))
-    confusion = (labels[is_test, None] == classes).T @ (predicted[is_test, None] == classes)
+    ctx.datastore["scores"] = {"accuracy": accuracy, "test_rows": len(tested)}
+    ctx.log.info("accuracy %.4f on %d test rows", accuracy, len(tested))
+    known = tested[truth[tested] >= 0]
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(confusion, (truth[known], predicted[known]), 1)
     ctx.figures["confusion_matrix"] = figure = new_figure(4.5, 4)
     image = figure.subplots().imshow(confusion, cmap="Blues")
     figure.colorbar(image)
@@ -602,23 +668,22 @@ def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Lloyd's k-means from random rows; stores ``rows#cluster`` and the inertia as its score."""
     name, k = params["matrix"], params["clusters"]
     rows_axis, _, _ = split_matrix_name(name)
-    matrix = dense_rows(data.get_data2d(name), slice(None)).astype(np.float64)
+    matrix = data.get_data2d(name)
     if matrix.shape[0] < k:
         raise OpchainError(f"kmeans: clusters {k} exceeds the {matrix.shape[0]} rows of {name}")
     assert ctx.rng is not None
-    centroids = matrix[ctx.rng.choice(matrix.shape[0], size=k, replace=False)]
+    start = ctx.rng.choice(matrix.shape[0], size=k, replace=False)
+    centroids = dense_rows(matrix, start).astype(np.float64)
     for _ in range(params["iterations"]):
-        assignment = ((matrix[:, None, :] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
-        moved = np.stack(
-            [
-                matrix[assignment == c].mean(axis=0) if (assignment == c).any() else centroids[c]
-                for c in range(k)
-            ]
-        )
+        assignment, distance = nearest(matrix, centroids)
+        sums, counts = group_sums(matrix, assignment, k)
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
         if np.array_equal(moved, centroids):
             break
         centroids = moved
-    inertia = float(((matrix - centroids[assignment]) ** 2).sum())
+    else:  # not converged: the assignment to the last centroids
+        assignment, distance = nearest(matrix, centroids)
+    inertia = float(distance.sum())
     carry(data, ctx.output)
     ctx.output.set_data1d(f"{rows_axis}#cluster", assignment.astype(np.int32))
     ctx.results["inertia"] = inertia

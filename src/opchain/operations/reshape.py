@@ -19,6 +19,8 @@ from opchain.operations.builtin import (
     carry,
     copy_matrices,
     dense_rows,
+    group_codes,
+    group_sums,
     map_sparse_values,
     matrix_names,
     row_blocks,
@@ -41,10 +43,10 @@ COMPARISONS = {
 NUMERIC_DTYPES = [d for d in DTYPES if d != "float16"]  # scipy.sparse has no float16
 
 
-def vector_on(data: Any, name: str, axis: str) -> np.ndarray:
+def vector_on(data: Any, name: str, axis: str) -> str:
     if name.split("#", 1)[0] != axis:
         raise OpchainError(f"'{name}' is not a vector of the axis '{axis}'")
-    return np.asarray(data.get_data1d(name))
+    return name
 
 
 @operation(
@@ -64,8 +66,14 @@ def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
     axis, op, value = params["axis"], params["op"], params["value"]
     if op in ("in", "not in") and not isinstance(value, list):
         raise OpchainError(f"filter: op '{op}' needs a list value, not {value!r}")
-    values = vector_on(data, params["property"], axis)
-    keep = np.flatnonzero(COMPARISONS[op](values, value))
+    name = vector_on(data, params["property"], axis)
+    try:
+        passes = [COMPARISONS[op](piece, value) for piece in data.data1d_chunks(name)]
+    except TypeError:  # e.g. strings < a number
+        raise OpchainError(
+            f"filter: the values of {name} can't be compared with {value!r} by {op}"
+        ) from None
+    keep = np.flatnonzero(np.concatenate([np.zeros(0, bool), *passes]))
     carry(data, ctx.output, rows=axis, take=keep)
     for name in matrix_names(data):
         rows, columns, _ = split_matrix_name(name)
@@ -93,17 +101,13 @@ def aggregate(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Sum or average the rows of a matrix per group of a rows' property, onto a new axis."""
     name = params["matrix"]
     rows, columns, prop = split_matrix_name(name)
-    groups = vector_on(data, params["by"], rows).astype(str)
-    labels, group_of = np.unique(groups, return_inverse=True)
+    labels, group_of = group_codes(data, vector_on(data, params["by"], rows))
     group_axis = params["axis"] or params["by"].split("#", 1)[1]
     if group_axis in data.axis_names():
         raise OpchainError(f"aggregate: the dataset already has an axis '{group_axis}'")
-    matrix = data.get_data2d(name)
-    totals = np.zeros((len(labels), matrix.shape[1]))
-    for block in row_blocks(*matrix.shape):
-        np.add.at(totals, group_of[block], dense_rows(matrix, block).astype(np.float64))
+    totals, counts = group_sums(data.get_data2d(name), group_of, len(labels))
     if params["method"] == "mean":
-        totals /= np.maximum(np.bincount(group_of, minlength=len(labels)), 1)[:, None]
+        totals /= np.maximum(counts, 1)[:, None]
     carry(data, ctx.output)
     ctx.output.create_axis(group_axis, labels.astype(object))
     ctx.output.set_data2d(f"{group_axis},{columns}#{prop}", totals)
