@@ -1167,6 +1167,40 @@ def test_create_sparse_values_failure_or_wrong_structure_leaves_nothing(
         ]
 
 
+def test_create_sparse_in_rows_fills_values_and_indices(store: str, tmp_path: Path) -> None:
+    """A CSR matrix of given row pointers, filled slice by slice straight into storage; a failure
+    or wrong row pointers leave nothing, and the name free."""
+    reader, like = csr_source(tmp_path)
+    path = dataset_path(store, tmp_path)
+    with new_writer(store, path) as writer:
+        for axis in ("cell", "gene"):
+            writer.create_axis(axis, reader.axis_entries(axis))
+        for wrong in (like.indptr[:-1], like.indptr[::-1], like.indptr.astype(np.float64)):
+            with pytest.raises(DafError, match="expected 4 increasing row pointers from 0"):
+                writer.create_sparse_in_rows("cell,gene#v", wrong, "f4").__enter__()
+        with (
+            pytest.raises(RuntimeError),
+            writer.create_sparse_in_rows("cell,gene#v", like.indptr, "f4"),
+        ):
+            raise RuntimeError("boom")
+        assert not writer.has_data2d("cell,gene#v")
+        with writer.create_sparse_in_rows("cell,gene#v", like.indptr, "float64") as (
+            values,
+            indices,
+        ):
+            assert values.shape == indices.shape == (4,) and indices.dtype == np.int32
+            for low, high in ((0, 1), (1, 4)):  # in slices, as a streaming step does
+                values[low:high] = np.asarray(like.data[low:high]) * 2
+                indices[low:high] = like.indices[low:high]
+    result = fresh_reader(store, path).get_data2d("cell,gene#v")
+    assert sp.issparse(result) and result.dtype == np.float64
+    assert (result.toarray() == like.toarray() * 2).all()
+    if store == "files":
+        assert sorted(p.name for p in path.glob("cell,gene#v*")) == [
+            f"cell,gene#v.{suffix}" for suffix in ("data", "indices", "indptr", "yaml")
+        ]
+
+
 def test_whole_mapped_files_are_linked_and_parts_copied(tmp_path: Path) -> None:
     """A read-only map of a whole file is stored as a hard link of it; a view of part of one, or
     the same array writable, as a copy of its bytes: linking them would store the wrong values,

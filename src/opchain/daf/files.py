@@ -69,7 +69,7 @@ import shutil
 import sys
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -824,24 +824,37 @@ class FilesWriter(FilesReader, Writer):
         self._matrices.setdefault((rows, columns), {})[prop] = "array"
 
     @contextmanager
-    def _create_sparse_values(
-        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
-    ) -> Iterator[np.ndarray]:
+    def _create_sparse(
+        self,
+        rows: str,
+        columns: str,
+        prop: str,
+        dtype: np.dtype,
+        shape: tuple[int, int],
+        indptr: np.ndarray,
+        indices: np.ndarray | np.dtype,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         stem = f"{rows},{columns}#{prop}"
-        dtypes = {"data": dtype}
+        index = indices if isinstance(indices, np.dtype) else indices.dtype
+        dtypes = {"data": dtype, "indices": index, "indptr": indptr.dtype}
+        dtypes = {part: np.dtype(kind.name).newbyteorder("<") for part, kind in dtypes.items()}
+        nnz = int(indptr[-1])
         try:
-            for suffix in ("indices", "indptr"):
-                array = getattr(like, suffix)
-                dtypes[suffix] = np.dtype(array.dtype.name).newbyteorder("<")
-                self._write_raw(f"{stem}.{suffix}", array, dtypes[suffix])
-            nnz = int(like.indptr[-1])
-            with self._filled(f"{stem}.data", dtype, (nnz,)) as values:
-                yield values
+            self._write_raw(f"{stem}.indptr", indptr, dtypes["indptr"])
+            with ExitStack() as filling:
+                if isinstance(indices, np.dtype):
+                    indices = filling.enter_context(
+                        self._filled(f"{stem}.indices", dtypes["indices"], (nnz,))
+                    )
+                else:
+                    self._write_raw(f"{stem}.indices", indices, dtypes["indices"])
+                values = filling.enter_context(self._filled(f"{stem}.data", dtype, (nnz,)))
+                yield values, indices
         except BaseException:
             for suffix in dtypes:
                 (self._dir / f"{stem}.{suffix}").unlink(missing_ok=True)
             raise
-        self._write_sparse_sidecar(stem, dtypes, list(like.shape), nnz)
+        self._write_sparse_sidecar(stem, dtypes, list(shape), nnz)
         self._matrices.setdefault((rows, columns), {})[prop] = "sparse"
 
     @contextmanager

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -422,17 +422,31 @@ class H5Writer(H5Reader, Writer):
         self._matrices.setdefault((rows, columns), {})[prop] = dataset
 
     @contextmanager
-    def _create_sparse_values(
-        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
-    ) -> Iterator[np.ndarray]:
+    def _create_sparse(
+        self,
+        rows: str,
+        columns: str,
+        prop: str,
+        dtype: np.dtype,
+        shape: tuple[int, int],
+        indptr: np.ndarray,
+        indices: np.ndarray | np.dtype,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         name = f"{rows},{columns}#{prop}"
         group = self._group.create_group(name)
+        nnz = int(indptr[-1])
         try:
-            group.attrs["shape"] = np.array(like.shape, dtype="int64")
-            for part in ("indices", "indptr"):
-                self._write_dense(group, part, getattr(like, part))
-            with self._filled(group, "data", dtype, (int(like.indptr[-1]),)) as (values, _):
-                yield values
+            group.attrs["shape"] = np.array(shape, dtype="int64")
+            self._write_dense(group, "indptr", indptr)
+            with ExitStack() as filling:
+                if isinstance(indices, np.dtype):
+                    indices, _ = filling.enter_context(
+                        self._filled(group, "indices", indices, (nnz,))
+                    )
+                else:
+                    self._write_dense(group, "indices", indices)
+                values, _ = filling.enter_context(self._filled(group, "data", dtype, (nnz,)))
+                yield values, indices
         except BaseException:
             del self._group[name]
             raise

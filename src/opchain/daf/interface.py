@@ -764,8 +764,35 @@ class Writer(Reader):
                     f"expected a CSR matrix of shape {list(shape)} as the structure of the 2D "
                     f"data: {name} in the dataset: {self.path}"
                 )
-            with self._create_sparse_values(rows, cols, prop, element, like) as values:
+            structure = (like.indptr, like.indices)
+            with self._create_sparse(rows, cols, prop, element, shape, *structure) as (values, _):
                 yield values
+
+    @contextmanager
+    def create_sparse_in_rows(
+        self, name: str, indptr: Any, dtype: Any
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Create a CSR ``rows,columns#property`` matrix of ``dtype`` with the row pointers
+        ``indptr``, and yield its values and column indices (int32 while they fit, as scipy
+        chooses) as writable 1D arrays mapped onto storage, to fill by slices (``v[i:j] = block``)
+        in row order, sorted within each row, whatever their number. Complete when the block
+        exits without an exception; otherwise removed."""
+        with self._new_data2d(name, dtype) as (rows, cols, prop, element, shape):
+            indptr = np.asarray(indptr)
+            if (
+                indptr.shape != (shape[0] + 1,)
+                or indptr.dtype.kind not in "iu"
+                or indptr[0] != 0
+                or (np.diff(indptr) < 0).any()
+            ):
+                raise DafError(
+                    f"expected {shape[0] + 1} increasing row pointers from 0 for the 2D data: "
+                    f"{name} in the dataset: {self.path}"
+                )
+            index = np.dtype(np.int32 if max(int(indptr[-1]), shape[1]) < 2**31 else np.int64)
+            pointers = indptr.astype(index)
+            with self._create_sparse(rows, cols, prop, element, shape, pointers, index) as arrays:
+                yield arrays
 
     @contextmanager
     def _new_data2d(
@@ -829,9 +856,19 @@ class Writer(Reader):
     ) -> AbstractContextManager[np.ndarray]: ...
 
     @abstractmethod
-    def _create_sparse_values(
-        self, rows: str, columns: str, prop: str, dtype: np.dtype, like: Matrix
-    ) -> AbstractContextManager[np.ndarray]: ...
+    def _create_sparse(
+        self,
+        rows: str,
+        columns: str,
+        prop: str,
+        dtype: np.dtype,
+        shape: tuple[int, int],
+        indptr: np.ndarray,
+        indices: np.ndarray | np.dtype,
+    ) -> AbstractContextManager[tuple[np.ndarray, np.ndarray]]:
+        """Yield the writable values and the column indices of a new CSR matrix: ``indices``,
+        an array, is kept as it is (linked where the store can, like ``indptr``); a dtype makes
+        new writable indices."""
 
     @abstractmethod
     def _commit(self) -> None:

@@ -149,8 +149,8 @@ def mapped_file(array: np.ndarray, dtype: np.dtype) -> str | None:
 
 
 class RowsMemmap(np.memmap):
-    """A writable memory-mapped row-major array, as yielded by ``create_dense_in_rows`` (a matrix)
-    and ``create_sparse_values`` (a vector).
+    """A writable memory-mapped row-major array, as yielded by ``create_dense_in_rows`` (a matrix),
+    ``create_sparse_values`` and ``create_sparse_in_rows`` (vectors).
 
     It is an ordinary ``numpy.memmap``, except that while its writer is open, assigning whole
     rows (``m[i:j] = block`` or ``m[i] = row``, with a block of exactly that shape) writes the bytes

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from opchain.daf.mapping import is_sparse, make_csr
+from opchain.daf.mapping import is_sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
 from opchain.report import new_figure
@@ -151,18 +149,6 @@ def sparse_row_blocks(indptr: np.ndarray) -> Iterator[slice]:
         start = stop
 
 
-@contextmanager
-def scratch(out: Any, length: int, dtype: Any) -> Iterator[np.ndarray]:
-    """A writable array of ``length`` elements backed by an unnamed file beside the output, not by
-    anonymous memory: a job's memory stays flat whatever the size (it lives as long as the block)."""
-    import tempfile  # only for sparse data: a job that never meets any does not pay for it
-
-    folder = Path(out.path) if Path(out.path).is_dir() else Path(out.path).parent
-    with tempfile.TemporaryFile(dir=folder) as file:
-        file.truncate(length * np.dtype(dtype).itemsize)
-        yield np.memmap(file, dtype, "r+", shape=(length,)) if length else np.zeros(0, dtype)
-
-
 class Buffers:
     """Two output buffers used in turn and grown as needed: block ``i`` is computed into one while
     block ``i - 1`` is written from the other (see :func:`write_behind`), and no block needs fresh
@@ -243,24 +229,19 @@ def write_csr(
     out: Any,
     name: str,
     indptr: np.ndarray,
-    shape: tuple[int, int],
     dtype: Any,
     blocks: Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> None:
     """Write the CSR ``name`` with row pointers ``indptr``, its values and column indices given
-    block after block (rows in order), gathered in file-backed scratch arrays, so that no more
-    than a block is in memory whatever the size."""
-    nnz = int(indptr[-1])
-    index = np.int32 if max(nnz, shape[1]) < 2**31 else np.int64  # as scipy chooses
-    with scratch(out, nnz, dtype) as values, scratch(out, nnz, index) as indices:
+    block after block (rows in order) straight into storage, so that no more than a block is in
+    memory whatever the size."""
+    with out.create_sparse_in_rows(name, indptr, dtype) as (values, indices):
         low = 0
         for block_values, block_indices in blocks:
             high = low + len(block_values)
             values[low:high] = block_values
             indices[low:high] = block_indices
             low = high
-        names = {"data": name, "indices": name, "indptr": name}
-        out.set_data2d(name, make_csr(values, indices, indptr.astype(index), shape, names))
 
 
 def take_matrix(
@@ -319,10 +300,8 @@ def take_sparse(
     out_lengths = lengths
     if renumber is not None:
         out_lengths = np.concatenate([taken(block)[2] for block in blocks] or [lengths])
-    shape = (len(picked), matrix.shape[1] if columns is None else len(columns))
     indptr_out = np.concatenate(([0], np.cumsum(out_lengths)))
-    parts = (taken(block)[:2] for block in blocks)
-    write_csr(out, name, indptr_out, shape, matrix.dtype, parts)
+    write_csr(out, name, indptr_out, matrix.dtype, (taken(block)[:2] for block in blocks))
 
 
 def write_rows(

@@ -185,4 +185,4 @@ def dense_to_sparse(out: Any, name: str, matrix: Any, dtype: np.dtype) -> None:
             nonzero = np.nonzero(rows)  # row-major order: CSR's
             yield rows[nonzero], nonzero[1]
 
-    write_csr(out, name, indptr, matrix.shape, dtype, nonzeros())
+    write_csr(out, name, indptr, dtype, nonzeros())
