@@ -12,7 +12,10 @@ the job, as ``metadata.yaml`` records it) and the throughput (input bytes / wall
 dataset), against numpy/scipy doing the same step's math in memory on 1 GiB (the in-memory
 peer's throughput, each step timed alone) and against the floor of any step that keeps its result:
 reading the input's values and writing as many bytes to a new file beside them (no arithmetic, no
-axes), all measured in the same run. Targets: < 1 GiB anonymous memory per step at any size;
+axes), all measured in the same run. A second table runs the other built-ins on the same inputs,
+each against its in-memory peer: filter (half the batches), subsample (half the rows) and
+aggregate (by batch) of the sparse matrix; pca (randomized, 10 components) then kmeans (8
+clusters, 10 iterations) of the dense one. Targets: < 1 GiB anonymous memory per step at any size;
 throughput within 1.5x of the in-memory peer. ``--small``: 1/64 of the sizes.
 """
 
@@ -39,6 +42,7 @@ from opchain.daf import FilesWriter  # noqa: E402
 from opchain.daf.mapping import make_csr  # noqa: E402
 
 DENSE_COLUMNS, SPARSE_COLUMNS, PER_ROW = 4096, 30_000, 100
+X, UMIS = "cell,gene#X", "cell,gene#UMIs"
 BLOCK_ROWS = 1 << 14
 
 
@@ -118,12 +122,7 @@ def peer_dense() -> dict[str, float]:
 
 def peer_sparse() -> dict[str, float]:
     """normalize and log1p in memory with scipy, on 10^8 / 8 non-zeros."""
-    rows = 10**8 // PER_ROW // 8
-    rng = np.random.default_rng(1)
-    cols = np.sort(rng.integers(0, SPARSE_COLUMNS, (rows, PER_ROW), dtype=np.int32), axis=1)
-    data = (rng.poisson(3.0, (rows, PER_ROW)) + 1).astype(np.float32).ravel()
-    m = sp.csr_matrix((data, cols.ravel(), np.arange(0, rows * PER_ROW + 1, PER_ROW)),
-                      shape=(rows, SPARSE_COLUMNS))  # fmt: skip
+    m, _ = sparse_in_memory()
 
     def normalize(_: Any) -> Any:
         sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
@@ -132,7 +131,67 @@ def peer_sparse() -> dict[str, float]:
     def log1p(n: Any) -> Any:
         return sp.csr_matrix((np.log1p(n.data), n.indices, n.indptr), shape=n.shape)
 
-    return rates({"normalize": normalize, "log1p": log1p}, rows * PER_ROW * 8)
+    return rates({"normalize": normalize, "log1p": log1p}, m.nnz * 8)
+
+
+def sparse_in_memory() -> tuple[Any, np.ndarray]:
+    """A CSR of 10^8 / 8 non-zeros like the generated one, and its rows' batches."""
+    rows = 10**8 // PER_ROW // 8
+    rng = np.random.default_rng(1)
+    cols = np.sort(rng.integers(0, SPARSE_COLUMNS, (rows, PER_ROW), dtype=np.int32), axis=1)
+    data = (rng.poisson(3.0, (rows, PER_ROW)) + 1).astype(np.float32).ravel()
+    m = sp.csr_matrix((data, cols.ravel(), np.arange(0, rows * PER_ROW + 1, PER_ROW)),
+                      shape=(rows, SPARSE_COLUMNS))  # fmt: skip
+    return m, np.array([f"b{i % 16}" for i in range(rows)])
+
+
+def peer_others() -> dict[str, float]:
+    """The other steps in memory with numpy/scipy: filter, subsample and aggregate on the sparse
+    matrix of :func:`sparse_in_memory`, pca (the same randomized method) and kmeans on 1 GiB dense."""
+    m, batch = sparse_in_memory()
+    halves = [f"b{i}" for i in range(8)]
+
+    def aggregate(_: Any) -> Any:
+        labels, group = np.unique(batch, return_inverse=True)
+        ones = np.ones(len(group))
+        indicator = sp.csr_matrix((ones, (group, np.arange(len(group)))), (len(labels), len(group)))
+        return (indicator @ m).toarray()
+
+    def subsample(_: Any) -> Any:
+        return m[np.sort(np.random.default_rng(0).choice(m.shape[0], m.shape[0] // 2, False))]
+
+    sparse_steps = {
+        "filter": lambda _: m[np.isin(batch, halves)],
+        "subsample": subsample,
+        "aggregate": aggregate,
+    }
+    found = rates(sparse_steps, m.nnz * 8)
+    x = np.random.default_rng(1).poisson(2.0, (2**30 // (4 * DENSE_COLUMNS), DENSE_COLUMNS))
+    x = x.astype(np.float32)
+
+    def pca(_: Any) -> np.ndarray:
+        centered = x - x.mean(axis=0, dtype=np.float64)
+        g = np.random.default_rng(0).standard_normal((DENSE_COLUMNS, 20))
+        for _ in range(4):
+            g, _ = np.linalg.qr(centered.T @ (centered @ g))
+        _, vectors = np.linalg.eigh(g.T @ (centered.T @ (centered @ g)))
+        return (centered @ (g @ vectors[:, ::-1][:, :10])).astype(np.float32)
+
+    start = time.perf_counter()
+    projected = pca(None)
+    found["pca"] = x.nbytes / 2**20 / (time.perf_counter() - start)
+
+    def kmeans(y: np.ndarray) -> np.ndarray:
+        centroids = y[np.random.default_rng(0).choice(len(y), 8, replace=False)].astype(float)
+        for _ in range(10):
+            assigned = ((y[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+            centroids = np.stack([y[assigned == c].mean(axis=0) for c in range(8)])
+        return assigned
+
+    start = time.perf_counter()
+    kmeans(projected)
+    found["kmeans"] = projected.nbytes / 2**20 / (time.perf_counter() - start)
+    return found
 
 
 def floor_seconds(values: Path, scratch: Path) -> float:
@@ -150,17 +209,15 @@ def floor_seconds(values: Path, scratch: Path) -> float:
     return best
 
 
-def run_chain(root: Path, summary: str, matrix: str, dense: bool) -> list[dict]:
-    project = Project(root / f"project-{summary}")
+def run_chain(root: Path, summary: str, steps: list[tuple[str, str]]) -> list[dict]:
+    """Run the chain of ``steps`` (operation, parameters in YAML flow style) on the summary
+    ``summary`` through snakemake; each step's ``metadata.yaml``."""
+    project = Project(root / f"project-{summary}-{steps[0][0]}")
     (project.root / "config" / "operations").mkdir(parents=True)
     (project.root / "config" / "chains").mkdir(parents=True)
-    steps = [("normalize", "target_sum: 10000"), ("log1p", "")]
-    if dense:
-        steps.append(("standardize", "axis: gene"))
-    for op, extra in steps:
-        params = f"{{matrix: '{matrix}'{', ' + extra if extra else ''}}}"
+    for op, params in steps:
         (project.root / "config" / "operations" / f"{op}.yaml").write_text(
-            f"type: {op}\nparameters: {params}\n"
+            f"type: {op}\nparameters: {{{params}}}\n"
         )
     names = ", ".join(f"{op}.yaml" for op, _ in steps)
     (project.root / "config" / "chains" / "c.yaml").write_text(
@@ -203,12 +260,15 @@ def main() -> None:
         print("| input | step | peak RssAnon MiB | wall s | MB/s | floor MB/s | ours / floor | "
               "in-memory peer MB/s | peer / ours |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")
-        for kind, matrix in (("dense", "cell,gene#X"), ("sparse", "cell,gene#UMIs")):
+        for kind, matrix in (("dense", X), ("sparse", UMIS)):
             values = (
                 root / "storage" / kind / "x" / f"{matrix}.{'array' if kind == 'dense' else 'data'}"
             )
             floor = sizes[kind] / 2**20 / floor_seconds(values, root / "floor")
-            for meta in run_chain(root, kind, matrix, kind == "dense"):
+            steps = [("normalize", "target_sum: 10000"), ("log1p", "")]
+            steps += [("standardize", "axis: gene")] if kind == "dense" else []
+            steps = [(op, ", ".join(filter(None, [f"matrix: '{matrix}'", p]))) for op, p in steps]
+            for meta in run_chain(root, kind, steps):
                 cost = meta["cost"]
                 rate = sizes[kind] / 2**20 / cost["wall_seconds"]
                 peer = peers[kind][meta["operation"]]
@@ -216,6 +276,29 @@ def main() -> None:
                       f"{cost['wall_seconds']:.1f} | {rate:.0f} | {floor:.0f} | {floor / rate:.2f} | "
                       f"{peer:.0f} | {peer / rate:.2f} |", flush=True)  # fmt: skip
         print("targets: < 1024 MiB RssAnon per step at any size; peer / ours <= 1.5")
+        others = peer_others()
+        print("\nthe other built-ins (MB/s: of the step's input matrix)")
+        print(
+            "| input | step | peak RssAnon MiB | wall s | MB/s | in-memory peer MB/s | peer / ours |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        halves = ", ".join(f"b{i}" for i in range(8))
+        chains = [
+            ("sparse", [("filter", f"axis: cell, property: 'cell#batch', op: in, value: [{halves}]")]),
+            ("sparse", [("subsample", f"matrix: '{UMIS}', fraction: 0.5")]),
+            ("sparse", [("aggregate", f"matrix: '{UMIS}', by: 'cell#batch'")]),
+            ("dense", [("pca", f"matrix: '{X}', components: 10, method: randomized"),
+                       ("kmeans", "matrix: 'cell,pc#pca', clusters: 8, iterations: 10")]),
+        ]  # fmt: skip
+        rows = sizes["dense"] // (4 * DENSE_COLUMNS)
+        inputs = {**dict.fromkeys(["filter", "subsample", "aggregate"], sizes["sparse"]),
+                  "pca": sizes["dense"], "kmeans": rows * 10 * 4}  # fmt: skip
+        for kind, steps in chains:
+            for meta in run_chain(root, kind, steps):
+                cost, op = meta["cost"], meta["operation"]
+                rate = inputs[op] / 2**20 / cost["wall_seconds"]
+                print(f"| {kind} | {op} | {cost['peak_anon_mb']:.0f} | {cost['wall_seconds']:.1f} | "
+                      f"{rate:.0f} | {others[op]:.0f} | {others[op] / rate:.2f} |", flush=True)  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
