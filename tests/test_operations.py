@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from opchain.daf import FilesWriter, H5Writer, open_reader
+from opchain.daf import FilesReader, FilesWriter, H5Writer, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError, SpecError
 from opchain.operations import Context, builtin, get_operation
@@ -419,6 +419,34 @@ def test_aggregate_groups_rows_by_a_property(
         "aggregate", tiny(tmp_path / "none", 0), {"matrix": "cell,gene#X", "by": "cell#type"}
     )
     assert none.axis_size("type") == 0
+
+
+def test_steps_scan_string_properties_without_holding_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """filter, aggregate and nearest_centroid read a files dataset's string property in pieces
+    and write their string results onto the copied axis without reading its entries: of 10
+    million rows, either would be a gigabyte of strings."""
+    is_test = np.arange(40) % 4 == 0
+    source = grouped(tmp_path / "in", X, LABELS, is_test)
+    read_whole = FilesReader.get_data1d
+
+    def numbers_only(reader: FilesReader, name: str) -> np.ndarray:
+        assert name != "cell#type", "the string property was read whole"
+        return read_whole(reader, name)
+
+    monkeypatch.setattr(FilesReader, "get_data1d", numbers_only)
+    monkeypatch.setattr(FilesReader, "_axis_entries", None)  # the cell entries are never read
+    kept, _ = apply("filter", source, {"axis": "cell", "property": "cell#type", "value": "b"})
+    groups, _ = apply("aggregate", source, {"matrix": "cell,gene#X", "by": "cell#type"})
+    params = {"matrix": "cell,gene#X", "labels": "cell#type"}
+    fitted, _ = apply("nearest_centroid", source, params)
+    monkeypatch.undo()
+    assert kept.get_data1d("cell#type").tolist() == ["b"] * 20
+    assert groups.axis_entries("type").tolist() == ["a", "b"]
+    centroids = np.stack([X[~is_test & (c == LABELS)].mean(axis=0) for c in "ab"])
+    nearest = ((X[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    assert fitted.get_data1d("cell#predicted").tolist() == np.array(["a", "b"])[nearest].tolist()
 
 
 def test_kfold_folds_are_disjoint_and_cover_the_axis(tmp_path: Path) -> None:
