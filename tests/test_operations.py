@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +448,68 @@ def test_steps_scan_string_properties_without_holding_them(
     centroids = np.stack([X[~is_test & (c == LABELS)].mean(axis=0) for c in "ab"])
     nearest = ((X[:, None] - centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
     assert fitted.get_data1d("cell#predicted").tolist() == np.array(["a", "b"])[nearest].tolist()
+
+
+def test_reshaping_built_ins_on_the_shipped_daf_fixture(tmp_path: Path) -> None:
+    """filter, aggregate, kfold and convert on the real daf example (a sparse cells x genes
+    matrix, a dense metacells x genes one, string and number properties) give what numpy and
+    scipy compute on it directly."""
+    fixture = tmp_path / "daf_example"  # a copy: results are written beside it
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "storage/example_data/cells/daf_example", fixture
+    )
+    source = open_reader(fixture)
+    umis, per_metacell = (
+        source.get_data2d("cell,gene#UMIs"),
+        source.get_data2d("metacell,gene#UMIs"),
+    )
+    batch, metacell = source.get_data1d("cell#batch"), source.get_data1d("cell#metacell")
+    features = source.get_data1d("gene#feature_gene")
+
+    cells, ctx = apply(
+        "filter", fixture, {"axis": "cell", "property": "cell#batch", "value": "Batch_1"}
+    )
+    keep = batch == "Batch_1"
+    assert ctx.results["kept"] == keep.sum() == cells.axis_size("cell")
+    assert (cells.get_data2d("cell,gene#UMIs") != umis[keep]).nnz == 0
+    assert cells.get_data1d("cell#metacell").tolist() == metacell[keep].tolist()
+    assert np.array_equal(cells.get_data2d("metacell,gene#UMIs"), per_metacell)
+    params = {"axis": "gene", "property": "gene#feature_gene", "op": ">=", "value": 4}
+    genes, _ = apply("filter", fixture, params)
+    wide = features >= 4
+    assert (genes.get_data2d("cell,gene#UMIs") != umis[:, wide]).nnz == 0
+    assert np.array_equal(genes.get_data2d("metacell,gene#UMIs"), per_metacell[:, wide])
+
+    for by, values in (("cell#batch", batch), ("cell#metacell", metacell)):
+        groups = sorted({str(value) for value in values})
+        for method in ("sum", "mean"):
+            params = {"matrix": "cell,gene#UMIs", "by": by, "method": method, "axis": "group"}
+            out, _ = apply("aggregate", fixture, params)
+            assert out.axis_entries("group").tolist() == groups
+            rows = [values.astype(str) == group for group in groups]
+            expected = np.stack([np.asarray(umis[r].sum(axis=0)).ravel() for r in rows])
+            if method == "mean":
+                expected = expected / np.array([r.sum() for r in rows])[:, None]
+            np.testing.assert_allclose(out.get_data2d("group,gene#UMIs"), expected, rtol=1e-12)
+
+    folds = [
+        apply("kfold", fixture, {"axis": "cell", "folds": 3, "fold": f}, seed=5)[0].get_data1d(
+            "cell#is_test"
+        )
+        for f in range(3)
+    ]
+    assert (np.sum(folds, axis=0) == 1).all() and sorted(map(np.sum, folds)) == [174, 175, 175]
+
+    dense, _ = apply(
+        "convert", fixture, {"matrix": "cell,gene#UMIs", "dtype": "float64", "layout": "dense"}
+    )
+    assert same_array(dense.get_data2d("cell,gene#UMIs"), umis.toarray().astype(np.float64))
+    params = {"matrix": "metacell,gene#UMIs", "dtype": "int32", "layout": "sparse"}
+    packed, _ = apply("convert", fixture, params)
+    expected = sp.csr_matrix(np.asarray(per_metacell).astype(np.int32))
+    found = packed.get_data2d("metacell,gene#UMIs")
+    for part in ("data", "indices", "indptr"):
+        assert same_array(getattr(found, part), getattr(expected, part)), part
 
 
 def test_kfold_folds_are_disjoint_and_cover_the_axis(tmp_path: Path) -> None:
