@@ -539,9 +539,17 @@ class FilesReader(Reader):
             entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
         except OSError:
             return None
-        if not _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries):
-            return None
-        return data, entries
+        lists = self._cached(  # a dataset's files don't change while it is open
+            ("lists", axis, prop),
+            lambda: _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries),
+        )
+        return (data, entries) if lists else None
+
+    def _check_axis_file(self, axis: str, data: bytes) -> None:
+        """Check the plain axis file's bytes ``data`` as reading its entries would, once."""
+        if ("axis", axis) not in self._cache and ("checked", axis) not in self._cache:
+            _check_plain_axis(self._dir / f"{axis}#.csv", data)
+            self._cache[("checked", axis)] = True
 
     def _strings_in_axis_order(self, axis: str, prop: str) -> Iterator[list[str]] | None:
         """The values of the string vector ``axis#prop``, a chunk of its file at a time, if its
@@ -551,9 +559,7 @@ class FilesReader(Reader):
         found = self._listing_axis(axis, prop)
         if found is None:
             return None
-        if ("axis", axis) not in self._cache and ("checked", axis) not in self._cache:
-            _check_plain_axis(self._dir / f"{axis}#.csv", found[1])  # as matching them would
-            self._cache[("checked", axis)] = True
+        self._check_axis_file(axis, found[1])  # as matching the entries would
         return _values_column(found[0].removeprefix(b"\xef\xbb\xbf"))
 
     def _data2d_names(self, rows: str, columns: str) -> dict[str, str]:
@@ -723,7 +729,7 @@ class FilesWriter(FilesReader, Writer):
             return False  # reading the entries reports it
         if not _is_plain_axis(data.removeprefix(b"\xef\xbb\xbf"), axis):
             return False
-        _check_plain_axis(source, data)  # then any subset of its lines is a valid axis too
+        reader._check_axis_file(axis, data)  # then any subset of its lines is a valid axis too
         self._copy_lines(source, data, take)
         self._axes[axis] = None
         self._cache[("size", axis)] = data.count(b"\n") - 1 if take is None else len(take)
