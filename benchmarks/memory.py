@@ -10,9 +10,11 @@ Runs the chains normalize -> log1p -> standardize (dense) and normalize -> log1p
 ``snakemake``, and prints per step the peak anonymous memory (``RssAnon``, sampled every 20 ms in
 the job, as ``metadata.yaml`` records it) and the throughput (input bytes / wall seconds of the
 dataset), against numpy/scipy doing the same step's math in memory on 1 GiB (the in-memory
-peer's throughput, each step timed alone) and against the floor of any step that keeps its result:
-reading the input's values and writing as many bytes to a new file beside them (no arithmetic, no
-axes), all measured in the same run. A second table runs the other built-ins on the same inputs,
+peer's throughput, each step timed alone), against the same numpy/scipy as a script run on files
+(load the previous step's .npy / uncompressed .npz, compute, save: what a numpy user's step
+costs), and against the floor of any step that keeps its result: reading the input's values and
+writing as many bytes to a new file beside them (no arithmetic, no axes), all measured in the
+same run. A second table runs the other built-ins on the same inputs,
 each against its in-memory peer: filter (half the batches), subsample (half the rows) and
 aggregate (by batch) of the sparse matrix; pca (randomized, 10 components) then kmeans (8
 clusters, 10 iterations) of the dense one. Targets: < 1 GiB anonymous memory per step at any size;
@@ -91,24 +93,35 @@ def write_sparse(path: Path, nnz: int, scratch: Path) -> int:
     return rows * PER_ROW * (4 + np.dtype(index).itemsize)
 
 
-def rates(steps: dict[str, Any], nbytes: int) -> dict[str, float]:
-    """MB/s of each in-memory step (each timed alone, on the previous step's output)."""
-    found, value = {}, None
+def rates(
+    steps: dict[str, Any], nbytes: int, value: Any = None, files: Any = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """MB/s of each step in memory (timed alone, on the previous step's output) and, given
+    ``files`` (save, load, folder), of a script doing the step from and to files as a numpy user
+    would: load the previous step's saved output, compute, save the result."""
+    alone, scripted = {}, {}
     for name, step in steps.items():
         start = time.perf_counter()
-        value = step(value)
-        found[name] = nbytes / 2**20 / (time.perf_counter() - start)
-    return found
+        result = step(value)
+        alone[name] = nbytes / 2**20 / (time.perf_counter() - start)
+        if files is not None:
+            save, load, folder = files
+            save(folder / "input", value)
+            start = time.perf_counter()
+            save(folder / "output", step(load(folder / "input")))
+            scripted[name] = nbytes / 2**20 / (time.perf_counter() - start)
+        value = result
+    return alone, scripted
 
 
-def peer_dense() -> dict[str, float]:
-    """normalize, log1p and standardize in memory with numpy, on 1 GiB."""
+def peer_dense(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """normalize, log1p and standardize with numpy on 1 GiB: in memory, and from and to .npy."""
     x = np.random.default_rng(1).poisson(2.0, (2**30 // (4 * DENSE_COLUMNS), DENSE_COLUMNS))
     x = x.astype(np.float32)
 
-    def normalize(_: Any) -> np.ndarray:
-        sums = x.sum(axis=1, keepdims=True, dtype=np.float64)
-        return (x * (1e4 / np.where(sums == 0, 1, sums))).astype(np.float32)
+    def normalize(y: np.ndarray) -> np.ndarray:
+        sums = y.sum(axis=1, keepdims=True, dtype=np.float64)
+        return (y * (1e4 / np.where(sums == 0, 1, sums))).astype(np.float32)
 
     def standardize(y: np.ndarray) -> np.ndarray:
         std = y.std(axis=0, dtype=np.float64)
@@ -117,21 +130,34 @@ def peer_dense() -> dict[str, float]:
         )
 
     steps = {"normalize": normalize, "log1p": np.log1p, "standardize": standardize}
-    return rates(steps, x.nbytes)
+
+    def save(path: Path, y: np.ndarray) -> None:
+        np.save(path.with_suffix(".npy"), y)
+
+    def load(path: Path) -> np.ndarray:
+        return np.load(path.with_suffix(".npy"))
+
+    return rates(steps, x.nbytes, x, (save, load, folder))
 
 
-def peer_sparse() -> dict[str, float]:
-    """normalize and log1p in memory with scipy, on 10^8 / 8 non-zeros."""
+def peer_sparse(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """normalize and log1p with scipy on 10^8 / 8 non-zeros: in memory, and from and to .npz."""
     m, _ = sparse_in_memory()
 
-    def normalize(_: Any) -> Any:
-        sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
-        return (sp.diags(1e4 / sums) @ m).astype(np.float32)
+    def normalize(n: Any) -> Any:
+        sums = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+        return (sp.diags(1e4 / sums) @ n).astype(np.float32)
 
     def log1p(n: Any) -> Any:
         return sp.csr_matrix((np.log1p(n.data), n.indices, n.indptr), shape=n.shape)
 
-    return rates({"normalize": normalize, "log1p": log1p}, m.nnz * 8)
+    def save(path: Path, n: Any) -> None:
+        sp.save_npz(path.with_suffix(".npz"), n, compressed=False)
+
+    def load(path: Path) -> Any:
+        return sp.load_npz(path.with_suffix(".npz"))
+
+    return rates({"normalize": normalize, "log1p": log1p}, m.nnz * 8, m, (save, load, folder))
 
 
 def sparse_in_memory() -> tuple[Any, np.ndarray]:
@@ -165,7 +191,7 @@ def peer_others() -> dict[str, float]:
         "subsample": subsample,
         "aggregate": aggregate,
     }
-    found = rates(sparse_steps, m.nnz * 8)
+    found, _ = rates(sparse_steps, m.nnz * 8)
     x = np.random.default_rng(1).poisson(2.0, (2**30 // (4 * DENSE_COLUMNS), DENSE_COLUMNS))
     x = x.astype(np.float32)
 
@@ -254,12 +280,14 @@ def main() -> None:
             "dense": write_dense(root / "storage" / "dense" / "x", args.dense_gib),
             "sparse": write_sparse(root / "storage" / "sparse" / "x", args.nnz, root),
         }
-        peers = {"dense": peer_dense(), "sparse": peer_sparse()}
+        (root / "peer").mkdir()
+        peers = {"dense": peer_dense(root / "peer"), "sparse": peer_sparse(root / "peer")}
+        shutil.rmtree(root / "peer")
         print(f"dense {sizes['dense'] / 2**30:.2f} GiB float32; sparse {args.nnz:,} non-zeros "
               f"({sizes['sparse'] / 2**30:.2f} GiB of data + indices)")  # fmt: skip
         print("| input | step | peak RssAnon MiB | wall s | MB/s | floor MB/s | ours / floor | "
-              "in-memory peer MB/s | peer / ours |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
+              "in-memory peer MB/s | peer / ours | numpy from and to files MB/s | it / ours |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for kind, matrix in (("dense", X), ("sparse", UMIS)):
             values = (
                 root / "storage" / kind / "x" / f"{matrix}.{'array' if kind == 'dense' else 'data'}"
@@ -271,10 +299,11 @@ def main() -> None:
             for meta in run_chain(root, kind, steps):
                 cost = meta["cost"]
                 rate = sizes[kind] / 2**20 / cost["wall_seconds"]
-                peer = peers[kind][meta["operation"]]
+                peer, script = (found[meta["operation"]] for found in peers[kind])
                 print(f"| {kind} | {meta['operation']} | {cost['peak_anon_mb']:.0f} | "
                       f"{cost['wall_seconds']:.1f} | {rate:.0f} | {floor:.0f} | {floor / rate:.2f} | "
-                      f"{peer:.0f} | {peer / rate:.2f} |", flush=True)  # fmt: skip
+                      f"{peer:.0f} | {peer / rate:.2f} | {script:.0f} | {script / rate:.2f} |",
+                      flush=True)  # fmt: skip
         print("targets: < 1024 MiB RssAnon per step at any size; peer / ours <= 1.5")
         others = peer_others()
         print("\nthe other built-ins (MB/s: of the step's input matrix)")
