@@ -1,7 +1,6 @@
 """Snakemake script of rule `chain_manifest`: chain.yaml (every version kept in history/) and
 results.csv in the chain's directory, from the compiled chain the run started with, and their
-copies as the rule's outputs. Then the markers of the batches it waited for are dropped: the
-datasets on disk say what is done."""
+copies as the rule's outputs."""
 
 import json
 import shutil
@@ -16,5 +15,3 @@ chain_dir = storage / manifest.pop("dir")
 write_chain_outputs(storage, chain_dir, manifest)
 for name, output in (("chain.yaml", smk.output.chain), ("results.csv", smk.output.table)):
     shutil.copyfile(chain_dir / name, output)
-for marker in smk.input.markers:
-    Path(marker).unlink(missing_ok=True)

@@ -25,15 +25,8 @@ from opchain.errors import OpchainError
 from opchain.index import Index
 from opchain.operations import sources
 from opchain.operations.sources import set_project_folder
-from opchain.plan import (
-    PROJECT_OPERATIONS,
-    ChainPlan,
-    Plan,
-    Step,
-    inside_storage,
-    plan_from_config,
-    storage_root,
-)
+from opchain.plan import PROJECT_OPERATIONS, ChainPlan, Plan, Step, plan_from_config
+from opchain.storage import inside_storage, storage_root
 
 __all__ = ["entrypoint", "main", "main_parser"]
 

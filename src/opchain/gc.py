@@ -28,7 +28,8 @@ import yaml
 
 from opchain.errors import OpchainError
 from opchain.index import INDEX_DIR
-from opchain.plan import CHAINS_DIR, OPERATIONS_DIR, Plan
+from opchain.plan import Plan
+from opchain.storage import CHAINS_DIR, OPERATIONS_DIR
 from opchain.table import HISTORY_DIR, history_versions, name_time
 
 __all__ = ["ResultDir", "collect", "result_dirs", "show_all"]

@@ -46,6 +46,7 @@ class Reservation:
     key: str  # fingerprint or chain name
     dir: str  # relative to the storage root
     entry: dict[str, Any]
+    replace: bool = False  # a forced rerun: the fingerprint gets this new directory
 
 
 @dataclass
@@ -71,10 +72,13 @@ class Index:
                 f"{path}: corrupt index entry ({error}); run 'opchain index --rebuild'"
             ) from None
 
-    def propose(self, kind: str, key: str, parent: str, entry: dict[str, Any]) -> str:
-        """A new directory name under ``parent`` for ``key``, reserved only by :meth:`commit`."""
+    def propose(
+        self, kind: str, key: str, parent: str, entry: dict[str, Any], *, replace: bool = False
+    ) -> str:
+        """A new directory name under ``parent`` for ``key``, reserved only by :meth:`commit`
+        (``replace``: even though ``key`` has a directory already, which stays until gc)."""
         relative = self._free_name(parent)
-        self.pending.append(Reservation(kind, key, relative, {**entry, "dir": relative}))
+        self.pending.append(Reservation(kind, key, relative, {**entry, "dir": relative}, replace))
         return relative
 
     def _free_name(self, parent: str) -> str:
@@ -107,6 +111,9 @@ class Index:
                 entry = json.dumps({**reservation.entry, "dir": name}, sort_keys=True)
                 path = self.root / reservation.kind / key
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if reservation.replace:
+                    write_atomic(path, entry)
+                    break
                 if create_exclusive(path, entry):
                     break
                 found = self.lookup(reservation.kind, key) or {}

@@ -1,8 +1,8 @@
 """Execute one job: a batch of result datasets of one step, each written atomically and alone.
 
-``python -m opchain.run MARKER LOG`` reads the batch's spec from ``MARKER.json`` (written by the
-planner when the run started), then for each dataset of the batch, under that dataset's lock in the
-storage root:
+``python -m opchain.run --code HASH MARKER LOG`` reads its step's spec from ``step.json`` beside
+MARKER (written by the planner when the run started) and its batch number from MARKER's name, then
+for each dataset of the batch, under that dataset's lock in the storage root:
 
 - if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
@@ -82,13 +82,19 @@ def dump_yaml(value: Any) -> str:
     )
 
 
-def run_batch(spec: dict[str, Any]) -> list[Path]:
-    """Make every dataset of the batch ``spec`` exist; return their directories."""
+def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
+    """Make every dataset of the batch ``spec`` exist; return their directories. ``code``: the
+    operation's code hash the run was planned with (refused if the code changed since)."""
     storage = Path(spec["storage"])
     step_dir = storage / spec["dir"]
-    step_dir.mkdir(parents=True, exist_ok=True)
     set_project_folder(Path(spec["operations_code"]) if spec["operations_code"] else None)
     operation = get_operation(spec["type"], checked=True)
+    if code is not None and operation.code_hash != code:
+        raise OpchainError(
+            f"operation '{spec['operation']}' changed since this run was planned; run snakemake "
+            "again to plan with its new code"
+        )
+    step_dir.mkdir(parents=True, exist_ok=True)
     index = Index(storage)
     # Killed attempts' temporaries (.dataset_<k>.tmp-*), found with one listing of the step.
     leftovers = {n.split(".tmp-")[0][1:] for n in os.listdir(step_dir) if ".tmp-" in n}
@@ -109,9 +115,8 @@ def run_batch(spec: dict[str, Any]) -> list[Path]:
                     _make_dataset(operation, spec, dataset, output, index, step_log, meter)
     source = step_dir / "source_operation.yaml"
     if not source.exists():
-        ran = json.loads(Path(spec["source"]).read_text(encoding="utf-8"))
-        write_atomic(step_dir / "source_operation.original.yaml", _original(ran))
-        write_atomic(source, source_operation(ran))
+        write_atomic(step_dir / "source_operation.original.yaml", _original(spec["source"]))
+        write_atomic(source, source_operation(spec["source"]))
     return outputs
 
 
@@ -125,7 +130,8 @@ def _make_dataset(
     meter: CostMeter,
 ) -> None:
     storage = Path(spec["storage"])
-    computed = index.computed_at(dataset["fingerprint"])
+    # A forced rerun computes afresh what was computed before.
+    computed = None if spec.get("forced") else index.computed_at(dataset["fingerprint"])
     source = storage / computed if computed else None
     temporary = aside_path(output)
     temporary.mkdir()
@@ -365,19 +371,37 @@ def rss_anon() -> int:
     return 0
 
 
+def batch_spec(marker: Path) -> dict[str, Any]:
+    """The spec of the batch whose output is ``marker`` (``.../<step>/batch_<b>``): its step's
+    spec (``step.json`` beside it, written when the run started) with the batch's datasets."""
+    spec = json.loads((marker.parent / "step.json").read_text(encoding="utf-8"))
+    b, batch, settings = int(marker.name.removeprefix("batch_")), spec["batch"], spec["settings"]
+    last = min(b * batch, len(spec["fingerprints"]))
+    spec["datasets"] = [
+        {
+            "k": k,
+            "input": spec["inputs"][(k - 1) // len(settings)],
+            "parameters": settings[(k - 1) % len(settings)],
+            "fingerprint": spec["fingerprints"][k - 1],
+        }
+        for k in range((b - 1) * batch + 1, last + 1)
+    ]
+    return spec
+
+
 def main(argv: list[str]) -> None:
-    """``python -m opchain.run MARKER LOG``: the command of every operation rule. A plain process,
-    not a ``script:`` job: not importing Snakemake saves each job as much as numpy costs it."""
-    if len(argv) != 2:
-        sys.exit("usage: python -m opchain.run MARKER LOG  (MARKER.json holds the job's spec)")
-    marker, log_file = Path(argv[0]), argv[1]
+    """``python -m opchain.run --code HASH MARKER LOG``: the command of every operation rule. A
+    plain process, not a ``script:`` job: not importing Snakemake saves each job as much as numpy
+    costs it. HASH is the operation's code hash the run was planned with."""
+    if len(argv) != 4 or argv[0] != "--code":
+        sys.exit("usage: python -m opchain.run --code HASH MARKER LOG  (step.json beside MARKER)")
+    code, marker, log_file = argv[1], Path(argv[2]), argv[3]
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
-        for output in run_batch(spec):
+        for output in run_batch(batch_spec(marker), code):
             log.info("%s", output)
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"
@@ -387,7 +411,6 @@ def main(argv: list[str]) -> None:
         os.write(2, f"{message}\n".encode())  # one write: jobs running side by side share stderr
         sys.exit(1)
     marker.touch()
-    Path(f"{marker}.json").unlink()
 
 
 if __name__ == "__main__":

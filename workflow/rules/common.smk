@@ -1,5 +1,5 @@
-# Validate the config, build the plan (cheap: index reads and one listing per step directory),
-# expose it to the rules.
+# Validate the config, build the plan (cheap: index reads and one listing per step directory) and
+# its jobs, expose them to the rules.
 import shlex
 import sys
 
@@ -7,63 +7,73 @@ from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import validate
 
 from opchain.errors import OpchainError
-from opchain.plan import JOBS_DIR, TABLES_DIR, plan_from_config
+from opchain.jobs import GATHER_DIR, JOBS_DIR, TABLES_DIR, Jobs, refused_flags
+from opchain.plan import plan_from_config
 
 validate(config, "../schemas/config.schema.yaml")
 
 try:
+    if workflow.is_main_process:
+        refused_flags(sys.argv[1:])
     PLAN = plan_from_config(config)
 except OpchainError as error:
     # A user error: one line, no traceback (Snakemake would print one for an exception).
     sys.exit(f"opchain: {error}")
 
+JOBS = Jobs(PLAN)
 STORAGE = str(PLAN.storage)
 if workflow.is_main_process:
-    PLAN.drop_stale_markers()
+    JOBS.drop_stale_markers()
 # An operation job is a plain `python -m opchain.run` process, with this process's interpreter
-# (the one that has opchain); its spec is the file MARKER.json that onstart writes.
-RUN_BATCH = f"{shlex.quote(sys.executable)} -m opchain.run {{output:q}} {{log:q}}"
+# (the one that has opchain); its spec is the step.json beside its marker, written by onstart.
+PYTHON = shlex.quote(sys.executable)
 
 
 onstart:
-    # Real runs only, main process only (Snakemake skips onstart for -n): dry runs write nothing.
+    # Real runs and --touch, main process only (Snakemake skips onstart for -n): dry runs write
+    # nothing. Snakemake's DAG settings (-R, -F) are known from here on, not while parsing.
     try:
-        PLAN.start(SNAKEMAKE_VERSION)
+        JOBS.start(SNAKEMAKE_VERSION, workflow.dag_settings, touch=workflow.touch)
     except OpchainError as error:
         sys.exit(f"opchain: {error}")
 
 
 def targets():
-    """The targets of the default rule: each chain's tables, or the missing batches of a single
-    operation."""
+    """The targets of the default rule: each chain's tables (or every batch of a single
+    operation), and the batches with a dataset missing."""
     if PLAN.operation_steps:
-        return [s.marker(b) for s in PLAN.operation_steps for b in s.incomplete]
-    return [table for chain in PLAN.chains for table in chain.tables]
+        return JOBS.operation_targets() + JOBS.incomplete_targets()
+    tables = [table for chain in PLAN.chains for table in JOBS.tables(chain)]
+    return tables + JOBS.incomplete_targets()
 
 
 def step_of(wildcards):
-    return PLAN.labels[f"{wildcards.chain}/{wildcards.step}"]
+    return JOBS.steps[wildcards.position]
 
 
 def batch_inputs(wildcards):
-    """The markers of the incomplete upstream batches this batch reads from."""
-    return step_of(wildcards).upstream_markers(int(wildcards.b))
+    """The markers of the upstream batches this batch reads from."""
+    return JOBS.batch_inputs(step_of(wildcards), int(wildcards.b))
+
+
+def batch_params(wildcards):
+    return JOBS.params(step_of(wildcards), int(wildcards.b))
 
 
 def batch_message(wildcards):
-    return step_of(wildcards).describe(int(wildcards.b))
+    return JOBS.describe(step_of(wildcards), int(wildcards.b))
+
+
+def gather_inputs(wildcards):
+    return JOBS.gather_inputs(f"{GATHER_DIR}/{wildcards.name}")
 
 
 def chain_of(wildcards):
     return next(c for c in PLAN.chains if c.spec.name == wildcards.chain)
 
 
-def chain_markers(wildcards):
-    return chain_of(wildcards).markers
-
-
-def chain_folders(wildcards):
-    return chain_of(wildcards).changed_folders(PLAN.storage)
+def chain_inputs(wildcards):
+    return JOBS.chain_inputs(chain_of(wildcards))
 
 
 def chain_key(wildcards):
@@ -71,7 +81,7 @@ def chain_key(wildcards):
 
 
 def chain_spec_file(wildcards):
-    return chain_of(wildcards).spec_file
+    return JOBS.chain_spec_file(chain_of(wildcards))
 
 
 def report_targets():

@@ -44,3 +44,14 @@ def slow(data, params, ctx):
 def boom(data, params, ctx):
     copy_axes(data, ctx.output)
     return 1 / 0
+
+
+@operation("flaky", parameters={})
+def flaky(data, params, ctx):
+    """Fails the first time it runs in a project (a node lost mid-job), then works."""
+    attempted = os.path.join(os.environ["FLAKY_DIR"], "attempted")
+    if not os.path.exists(attempted):
+        open(attempted, "w").close()
+        raise RuntimeError("the first attempt fails")
+    copy_axes(data, ctx.output)
+    ctx.output.set_data2d("row,col#x", np.asarray(data.get_data2d("row,col#x")))
