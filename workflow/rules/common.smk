@@ -12,6 +12,12 @@ from opchain.plan import plan_from_config
 
 validate(config, "../schemas/config.schema.yaml")
 
+# Snakemake 9's `--list-changes params` lists every output with recorded params, changed or not: a
+# ParamsChange iterates its files even when it holds no change. List only the changed ones.
+from snakemake.persistence import ParamsChange
+
+ParamsChange.__iter__ = lambda change: iter(change.files if change else ())
+
 try:
     if workflow.is_main_process:
         refused_flags(sys.argv[1:])
