@@ -34,15 +34,36 @@ JSON.parse(document.currentScript.dataset.steps).forEach((step, i) =>
 </script>"""
 
 
-def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (as the SLURM test installs slurm)."""
-    if shutil.which("chromium") is None:
+def debian_tool(command: str, *packages: str) -> str:
+    """A Debian program, installed with apt-get when missing (as the SLURM test installs slurm)."""
+    if shutil.which(command) is None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
         if subprocess.run(install, env=env, capture_output=True).returncode != 0:
             subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
             subprocess.run(install, env=env, capture_output=True, check=True)
-    return shutil.which("chromium") or "chromium"
+    return shutil.which(command) or command
+
+
+def chromium() -> str:
+    return debian_tool("chromium", "chromium")
+
+
+def read_screen(shot: Path) -> str:
+    """The words a person reads on a screenshot, right of the report's menu: Debian's tesseract
+    on a 3x enlarged grey copy. 1, i and l read alike at this size, so they are folded into l."""
+    from PIL import Image
+
+    image = Image.open(shot).convert("L").crop((290, 0, 1400, 900))
+    big = shot.with_suffix(".big.png")
+    image.resize((image.width * 3, image.height * 3), Image.Resampling.LANCZOS).save(big)
+    ocr = [debian_tool("tesseract", "tesseract-ocr", "tesseract-ocr-eng"), str(big), "-"]
+    text = subprocess.run(ocr, capture_output=True, text=True, check=True).stdout
+    return fold(text)
+
+
+def fold(text: str) -> str:
+    return re.sub(r"[1iI]", "l", text)
 
 
 def browse(report: Path, steps: list[str], tmp_path: Path, shot: Path | None = None) -> str:
@@ -136,6 +157,19 @@ def test_builtin_operations_make_their_figures(tmp_path: Path) -> None:
     assert sum(bar.get_height() for bar in bars) == 40  # every row in one cluster
     urls = save_figures(centroid.figures, tmp_path / "figures", tmp_path, tmp_path / "figures")
     assert (tmp_path / "figures" / "confusion_matrix.png").is_file() and len(urls) == 1
+
+
+def test_report_shows_every_operation_in_its_workflow_graph_and_statistics(
+    report: Path, tmp_path: Path
+) -> None:
+    """Every batch of every step is a job Snakemake knows, so its report draws every operation
+    (canvas graphics, read off the screen) with the edges and runtimes of their jobs."""
+    operations = ["standardize", "pca", "split", "nearest_centroid", "normalize", "log1p", "kmeans"]
+    for page in ("Workflow", "Statistics"):
+        shot = tmp_path / f"{page}.png"
+        browse(report, [page], tmp_path, shot)
+        seen = read_screen(shot)
+        assert [op for op in operations if fold(op) not in seen] == [], seen
 
 
 def test_report_lists_the_figures_operations_made(report: Path, tmp_path: Path) -> None:
