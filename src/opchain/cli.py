@@ -26,6 +26,7 @@ from opchain.index import Index
 from opchain.operations import sources
 from opchain.operations.sources import set_project_folder
 from opchain.plan import PROJECT_OPERATIONS, ChainPlan, Plan, Step, plan_from_config
+from opchain.project import WORKFLOW, init_project
 from opchain.storage import inside_storage, storage_root
 
 __all__ = ["entrypoint", "main", "main_parser"]
@@ -39,9 +40,13 @@ def main_parser() -> argparse.ArgumentParser:
         "--snakefile",
         type=Path,
         default=None,
-        help="opchain's Snakefile (default: ./Snakefile, else the installed checkout's)",
+        help="the Snakefile (default: ./Snakefile, else the workflow opchain ships)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser(
+        "init", help="make a project folder: config with the example chains, a Snakefile, profiles"
+    )
+    init.add_argument("folder", type=Path, help="the new project's folder (new or empty)")
     commands.add_parser(
         "run",
         help="run the configured chains: snakemake, with every other argument passed on "
@@ -111,6 +116,10 @@ def main(cli_args: Sequence[str]) -> int:
         if args.command == "run-op":
             operation = ["--config", f"operation={args.operation}", f"input_path={args.input_path}"]
             return snakemake(args.snakefile, args.config, [*operation, *extra])
+        if args.command == "init":
+            init_project(args.folder)
+            print(f"made the opchain project {args.folder}: cd there and run snakemake --cores all")
+            return 0
         if args.command == "export":  # needs no config: any dataset, anywhere
             export_dataset(args.dataset, args.target, args.matrix)
             print(f"exported {args.dataset} to {args.target}")
@@ -155,12 +164,11 @@ def load_config(path: str) -> dict[str, Any]:
 
 
 def find_snakefile(given: Path | None) -> Path:
-    """The Snakefile to run: the one given, the project's own, or the opchain checkout's."""
-    checkout = Path(__file__).resolve().parents[2] / "Snakefile"  # src/opchain/cli.py -> repo
-    for candidate in (given, Path("Snakefile"), checkout):
+    """The Snakefile to run: the one given, the project's own, or the one opchain ships."""
+    for candidate in (given, Path("Snakefile"), WORKFLOW / "Snakefile"):
         if candidate is not None and candidate.is_file():
             return candidate
-    raise OpchainError("no Snakefile: run opchain in its checkout, or pass --snakefile")
+    raise OpchainError(f"{given}: no such Snakefile")
 
 
 def snakemake(snakefile: Path | None, config: str, extra: list[str]) -> int:

@@ -22,6 +22,7 @@ import yaml
 
 from opchain.errors import SpecError
 from opchain.operations import Operation, get_operation
+from opchain.project import WORKFLOW
 
 __all__ = [
     "ChainSpec",
@@ -35,7 +36,7 @@ __all__ = [
 
 KeyPath = tuple[str | int, ...]
 PARAMETER_FORMS = ("parameters", "parameter_ranges", "parameter_settings")
-CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+CONFIG_SCHEMA = WORKFLOW / "workflow" / "schemas" / "config.schema.yaml"
 # A grid is refused before it is built: its settings are made in memory, and each is a dataset.
 MAX_SETTINGS = 1_000_000
 
