@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,37 +23,39 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
     return result.stdout + result.stderr
 
 
+@dataclass
+class Fresh:
+    venv: Path  # a new virtual environment, no system packages
+    env: dict[str, str]  # the environment to run in it
+    checkout: Path  # a copy of the repository, installed there by the README's command
+
+
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A new virtual environment (no system packages) and the environment to run in it."""
-    root = tmp_path_factory.mktemp("venv") / "venv"
-    venv.create(root, with_pip=True)
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Fresh:
+    top = tmp_path_factory.mktemp("install")
+    venv.create(top / "venv", with_pip=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPCHAIN_STORAGE")}
-    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env['PATH']}"
+    env["PATH"] = f"{top / 'venv' / 'bin'}{os.pathsep}{env['PATH']}"
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return root, env
-
-
-def test_the_readme_install_makes_reports(
-    fresh: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    _, env = fresh
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     (install,) = set(re.findall(r"^(pip install -e \.) && snakemake --cores all$", readme, re.M))
-    checkout = tmp_path / "opchain"
-    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".snakemake", "logs",
-                                                                   "reports", ".opchain", "*.egg-info",
-                                                                   "operation_*_results"))  # fmt: skip
-    run(["bash", "-c", install], checkout, env)
-    run(["snakemake", "--cores", "all"], checkout, env)
-    out = run(["snakemake", "--report", "report.html"], checkout, env)
-    assert "Report created" in out and (checkout / "report.html").stat().st_size > 100_000
+    left_out = shutil.ignore_patterns(".git", ".snakemake", ".opchain", "logs", "reports", "*.egg-info",
+                                      "operation_*_results")  # fmt: skip
+    shutil.copytree(REPO, top / "opchain", ignore=left_out)
+    run(["bash", "-c", install], top / "opchain", env)
+    return Fresh(top / "venv", env, top / "opchain")
+
+
+def test_the_readme_install_makes_reports(fresh: Fresh) -> None:
+    run(["snakemake", "--cores", "all"], fresh.checkout, fresh.env)
+    out = run(["snakemake", "--report", "report.html"], fresh.checkout, fresh.env)
+    assert "Report created" in out and (fresh.checkout / "report.html").stat().st_size > 100_000
 
 
 def test_a_project_from_opchain_init_runs_on_an_installed_wheel(
-    fresh: tuple[Path, dict[str, str]], tmp_path: Path
+    fresh: Fresh, tmp_path: Path
 ) -> None:
-    root, env = fresh
+    root, env = fresh.venv, fresh.env
     wheels = tmp_path / "wheels"
     run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(REPO)],
@@ -60,7 +63,11 @@ def test_a_project_from_opchain_init_runs_on_an_installed_wheel(
         env,
     )
     (wheel,) = wheels.glob("opchain-*.whl")
-    run([str(root / "bin" / "pip"), "install", "--force-reinstall", "--no-deps", str(wheel)], tmp_path, env)
+    run(
+        [str(root / "bin" / "pip"), "install", "--force-reinstall", "--no-deps", str(wheel)],
+        tmp_path,
+        env,
+    )
     run(["opchain", "init", "project"], tmp_path, env)
     project = tmp_path / "project"
     assert not (project / "workflow").exists()  # the workflow comes from the package
