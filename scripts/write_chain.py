@@ -7,9 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+from opchain.atomic import set_durable
 from opchain.table import write_chain_outputs
 
 smk = snakemake  # type: ignore[name-defined]  # noqa: F821
+set_durable(smk.config.get("durable", True))
 manifest = json.loads(Path(smk.params.spec).read_text(encoding="utf-8"))
 storage = Path(manifest.pop("storage"))
 chain_dir = storage / manifest.pop("dir")

@@ -1,6 +1,11 @@
 """Exceptions whose message is a complete, one-line user-facing explanation."""
 
-__all__ = ["DafError", "OpchainError", "PlanError", "SpecError"]
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+__all__ = ["DafError", "OpchainError", "PlanError", "SpecError", "storage_error"]
 
 
 class OpchainError(Exception):
@@ -17,3 +22,20 @@ class SpecError(OpchainError):
 
 class PlanError(OpchainError):
     """The plan cannot be made or reserved (e.g. a concurrent planner took the same names)."""
+
+
+# The storage's own errors, which no code change fixes: what happened, and what to do.
+_STORAGE = {
+    errno.ENOSPC: ("no space left on device", "free space and run again"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota and run again"),
+    errno.EROFS: ("read-only file system", "make it writable and run again"),
+}
+
+
+def storage_error(error: BaseException, path: Path | str) -> OpchainError | None:
+    """The one line for a full disk, an exceeded quota or a read-only filesystem met while writing
+    ``path`` (whose partial writes the caller removed); None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in _STORAGE:
+        return None
+    what, advice = _STORAGE[error.errno]
+    return OpchainError(f"{what} writing {path} ({advice}; nothing partial was kept)")

@@ -35,7 +35,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from opchain.atomic import write_atomic
+from opchain.atomic import durable, set_durable, write_atomic
 from opchain.errors import SpecError
 from opchain.index import Index
 from opchain.operations.sources import project_folder, set_project_folder
@@ -191,6 +191,7 @@ class Step:
         folder = project_folder()
         return {
             "storage": str(storage),
+            "durable": durable(),  # the config's, for the job's process
             "operations_code": str(folder) if folder else None,
             "snakemake": snakemake_version,
             "dir": self.dir,
@@ -547,6 +548,7 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
     workdir, so the plan and the results' metadata do not change when the project folder moves.
     """
     storage = storage_root(config)
+    set_durable(config.get("durable", True))
     set_project_folder(Path(config.get("operations_code", PROJECT_OPERATIONS)))
     dataset_format = config.get("dataset_format", "files")
     if dataset_format not in FORMATS:

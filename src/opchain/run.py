@@ -38,11 +38,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from opchain import __version__, locks
-from opchain.atomic import aside_path, remove_leftovers, write_atomic
+from opchain import __version__, locks, verify
+from opchain.atomic import (
+    aside_path,
+    make_dirs,
+    publish,
+    remove_leftovers,
+    set_durable,
+    write_atomic,
+)
 from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
-from opchain.errors import OpchainError
+from opchain.errors import OpchainError, storage_error
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
@@ -50,6 +57,7 @@ from opchain.operations.sources import set_project_folder
 __all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
+OWN_FILES = ("metadata.yaml", "input_metadata.yaml")  # a dataset's own: written for each place
 log = logging.getLogger("opchain")
 
 
@@ -86,7 +94,8 @@ def run_batch(spec: dict[str, Any]) -> list[Path]:
     """Make every dataset of the batch ``spec`` exist; return their directories."""
     storage = Path(spec["storage"])
     step_dir = storage / spec["dir"]
-    step_dir.mkdir(parents=True, exist_ok=True)
+    set_durable(spec.get("durable", True))
+    make_dirs(step_dir)
     set_project_folder(Path(spec["operations_code"]) if spec["operations_code"] else None)
     operation = get_operation(spec["type"], checked=True)
     index = Index(storage)
@@ -138,17 +147,22 @@ def _make_dataset(
             metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
             scores = metadata["results"]
             step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
-        (temporary / "metadata.yaml").write_text(dump_yaml(metadata), encoding="utf-8")
         (temporary / "input_metadata.yaml").write_text(
             input_metadata(storage, dataset["input"]), encoding="utf-8"
         )
-        os.rename(temporary, output)
+        files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
+        text = verify.sealed(dump_yaml(metadata), files)
+        (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
+        publish(temporary, output)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, Exception):
             step_log.error("failed: %s: %s", type(error).__name__, error)
             if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
                 log.error("%s", traceback.format_exc().rstrip())
+            full = storage_error(error, output)  # the storage's fault, not the operation's
+            if full is not None:
+                raise full from None  # the traceback is in the job log
             raise DatasetFailed(
                 f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
                 f"{type(error).__name__}: {error}"
@@ -172,6 +186,7 @@ def _compute(
     started = now()
     meter.start()
     data = open_reader(storage / dataset["input"])
+    verify.record_input(storage, dataset["input"])
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
@@ -221,12 +236,13 @@ def _link_result(
     source: Path, temporary: Path, spec: dict[str, Any], dataset: dict[str, Any], output: Path
 ) -> dict[str, Any]:
     """The dataset computed earlier at ``source``, without copying array bytes: hard links of its
-    immutable files (a copy across filesystems), and metadata for its new place."""
+    immutable files (a copy across filesystems), and metadata for its new place, with the digests
+    of the linked files."""
     for folder, _, files in os.walk(source):
         target = temporary / Path(folder).relative_to(source)
         target.mkdir(exist_ok=True)
         for name in files:
-            if Path(folder) == source and name in ("metadata.yaml", "input_metadata.yaml"):
+            if Path(folder) == source and name in OWN_FILES:
                 continue
             try:
                 os.link(Path(folder) / name, target / name)
@@ -235,8 +251,10 @@ def _link_result(
     metadata = yaml.safe_load((source / "metadata.yaml").read_text(encoding="utf-8"))
     storage = Path(spec["storage"])
     old, new = metadata["output"], output.relative_to(storage).as_posix()
+    linked = metadata.get(verify.DIGESTS) or {}
     return {
         **metadata,
+        verify.DIGESTS: {name: d for name, d in linked.items() if name not in OWN_FILES},
         "seed": spec["seed"],
         "run": spec["seed"],
         "fingerprint": spec["fingerprint"],
@@ -375,10 +393,19 @@ def main(argv: list[str]) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    spec: dict[str, Any] = {}
     try:
-        spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
-        for output in run_batch(spec):
-            log.info("%s", output)
+        try:
+            spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
+            for output in run_batch(spec):
+                log.info("%s", output)
+        except OSError as error:  # a full disk or a read-only root: one line, traceback in the log
+            where = error.filename or Path(spec.get("storage", "."), spec.get("dir", ""))
+            full = storage_error(error, where)
+            if full is None:
+                raise
+            log.error("%s", traceback.format_exc().rstrip())
+            raise full from None
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"
         if isinstance(error.__cause__, Exception) and not isinstance(error.__cause__, OpchainError):
