@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from opchain.atomic import create_exclusive, make_dirs, write_atomic
-from opchain.errors import PlanError
+from opchain.errors import PlanError, storage_errors
 
 __all__ = ["Index", "Reservation", "timestamp_name"]
 
@@ -95,6 +95,10 @@ class Index:
         reserved the same fingerprint meanwhile, its directory (adopted); or a fresh name if
         another run claimed ours; or, for a chain another project created meanwhile under the same
         name, a key of its own (``name@<hash of its file>``): never another project's chain.yaml."""
+        with storage_errors(self.root):  # a full disk or a read-only root: one line
+            return self._commit()
+
+    def _commit(self) -> list[tuple[Reservation, str, str]]:
         final = []
         moved: dict[str, str] = {}  # proposed -> final, for the steps under a moved chain dir
         for reservation in self.pending:

@@ -49,7 +49,7 @@ from opchain.atomic import (
 )
 from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
-from opchain.errors import OpchainError, storage_error
+from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
@@ -157,12 +157,12 @@ def _make_dataset(
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, Exception):
-            step_log.error("failed: %s: %s", type(error).__name__, error)
+            full = storage_error(error, output)  # the storage's fault, not the operation's
+            step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
+            if full is not None:  # no traceback: Snakemake shows a failed job's log
+                raise full from None
             if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
                 log.error("%s", traceback.format_exc().rstrip())
-            full = storage_error(error, output)  # the storage's fault, not the operation's
-            if full is not None:
-                raise full from None  # the traceback is in the job log
             raise DatasetFailed(
                 f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
                 f"{type(error).__name__}: {error}"
@@ -393,19 +393,11 @@ def main(argv: list[str]) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    spec: dict[str, Any] = {}
     try:
-        try:
-            spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
+        spec = json.loads(Path(f"{marker}.json").read_text(encoding="utf-8"))
+        with storage_errors(Path(spec["storage"], spec["dir"])):
             for output in run_batch(spec):
                 log.info("%s", output)
-        except OSError as error:  # a full disk or a read-only root: one line, traceback in the log
-            where = error.filename or Path(spec.get("storage", "."), spec.get("dir", ""))
-            full = storage_error(error, where)
-            if full is None:
-                raise
-            log.error("%s", traceback.format_exc().rstrip())
-            raise full from None
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"
         if isinstance(error.__cause__, Exception) and not isinstance(error.__cause__, OpchainError):
