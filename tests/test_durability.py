@@ -62,10 +62,10 @@ def publications(events: list, storage: Path) -> Iterator[tuple[int, str, str, s
     """(position, process, temporary, final) of every rename or link into the storage root (not
     the links that build a reused dataset in its temporary directory)."""
     for position, (pid, call, paths) in enumerate(events):
-        final = paths[-1]
-        if call.startswith(("rename", "link")) and final.startswith(f"{storage}/"):
-            if ".tmp-" not in final:
-                yield position, pid, paths[0], final
+        final = paths[-1] if paths else ""
+        into = final.startswith(f"{storage}/") and ".tmp-" not in final
+        if call.startswith(("rename", "link")) and into:
+            yield position, pid, paths[0], final
 
 
 def test_a_run_flushes_every_dataset_before_its_rename_and_its_directory_after(
