@@ -1,7 +1,8 @@
 """Sweeps of many result datasets: opchain's batched jobs against one Snakemake job per dataset.
 
 Usage: ``python benchmarks/scale.py [--plan-size 100000] [--exec-size 10000] [--peer-sizes
-1000,3000,10000] [--peer-exec 300] [--cores 2] [--small] [--dir /tmp]``
+1000,3000,10000] [--peer-exec 300] [--cores 2] [--small] [--dir /tmp]
+[--parts planning,execution,durability]``
 
 The sweep is one chain step, the trivial operation of ``benchmarks/plan.py`` (``touch``: copy a 2x2
 array) with a grid of settings (its ``tag`` parameter) on 10 input datasets, so ``size`` result
@@ -19,12 +20,22 @@ is measured at ``--peer-sizes`` and extrapolated linearly (through its two large
 
 Part 2, execution with ``--cores``: ``--exec-size`` datasets through opchain (batched, ``auto``),
 the peer at ``--peer-exec`` datasets, and the floor; per dataset: (run - dry run) / datasets, the
-marginal cost without parsing and DAG building. Every number is from this one run.
+marginal cost without parsing and DAG building.
+
+Part 3, durability: the same ``--exec-size`` sweep run twice, as configured by default (every
+dataset, index entry and table flushed to stable storage before and after its rename) and with
+``durable: false``; the difference per dataset is what surviving a power cut costs. Then the
+flush schemes that were considered, on one small dataset directory (the sweep's, 8 files) in this
+process: no flush, an ``fsync`` per file one after the other, the same side by side (opchain's),
+and one ``syncfs`` of the whole filesystem; each before the rename, with the directory flushed
+after. Every number is from this one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import resource
 import shutil
 import subprocess
@@ -36,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from plan import BENCHOPS, PLAIN_NUMPY_SCRIPT, REPO, env_for, job_count, snakemake
 
+from opchain import atomic
 from opchain.daf import FilesWriter, open_reader
 
 INPUTS = 10
@@ -58,14 +70,14 @@ rule step:
 """
 
 
-def write_input(path: Path, value: float) -> None:
-    with FilesWriter(path) as out:
+def write_input(path: Path, value: float, *, atomic: bool = True) -> None:
+    with FilesWriter(path, atomic=atomic) as out:
         out.create_axis("row", np.array(["r0", "r1"], dtype=object))
         out.create_axis("col", np.array(["c0", "c1"], dtype=object))
         out.set_data2d("row,col#x", np.full((2, 2), value))
 
 
-def write_sweep(root: Path, size: int) -> None:
+def write_sweep(root: Path, size: int, *, durable: bool = True) -> None:
     """An opchain project: one chain, one grid step of size / 10 settings on 10 inputs."""
     (root / "config" / "chains").mkdir(parents=True)
     (root / "config" / "operations").mkdir(parents=True)
@@ -79,6 +91,7 @@ def write_sweep(root: Path, size: int) -> None:
     )
     (root / "config" / "config.yaml").write_text(
         "storage: storage\nchains: [config/chains/sweep.yaml]\n"
+        + ("" if durable else "durable: false\n")
     )
     for i in range(INPUTS):
         write_input(root / "storage" / "inputs" / f"d{i}", i)
@@ -193,6 +206,84 @@ def execution(args: argparse.Namespace, tmp: Path) -> None:
     )
 
 
+def sweep_seconds(project: Path, size: int, cores: int) -> tuple[float, int]:
+    """(run - dry run) / size of a written sweep, and its job count."""
+    dry = snakemake(REPO / "Snakefile", project, cores, "-n")[0]
+    run, out = snakemake(REPO / "Snakefile", project, cores)
+    done = len(list((project / "storage").glob("operation_chain_results/*/*/dataset_*")))
+    assert done == size, done
+    return (run - dry) / size, job_count(out, "touch")
+
+
+def _fsync_each(temporary: Path, final: Path) -> None:
+    for path in atomic._tree(temporary):
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    os.rename(temporary, final)
+    atomic.flush([final.parent])
+
+
+def _syncfs(temporary: Path, final: Path) -> None:
+    fd = os.open(temporary, os.O_RDONLY)
+    if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+        raise OSError(ctypes.get_errno(), "syncfs")
+    os.close(fd)
+    os.rename(temporary, final)
+    atomic.flush([final.parent])
+
+
+def flush_schemes(folder: Path, n: int) -> list[tuple[str, float]]:
+    """ms per dataset directory of each way of publishing it durably (writing excluded)."""
+    schemes = {
+        "rename, no flush": lambda t, f: os.rename(t, f),
+        "fsync per file, one after the other": _fsync_each,
+        "fsync per file, side by side (opchain)": atomic.publish,
+        "syncfs of the filesystem": _syncfs,
+    }
+    results = []
+    for name, publish in schemes.items():
+        folder.mkdir()
+        spent = 0.0
+        for k in range(n):
+            temporary, final = folder / f".d{k}.tmp", folder / f"d{k}"
+            os.sync()  # nothing dirty but the dataset about to be written
+            temporary.mkdir()
+            write_input(temporary, float(k), atomic=False)  # written in place: not flushed yet
+            (temporary / "metadata.yaml").write_text("operation: touch\n")
+            start = time.perf_counter()
+            publish(temporary, final)
+            spent += time.perf_counter() - start
+        results.append((name, 1000 * spent / n))
+        shutil.rmtree(folder)
+    return results
+
+
+def durability(args: argparse.Namespace, tmp: Path) -> None:
+    print(
+        f"\nDurability: snakemake --cores {args.cores}, {args.exec_size:,} datasets, flushed or not"
+    )
+    per = {}
+    for durable in (True, False):
+        project = tmp / f"sweep-durable-{durable}"
+        write_sweep(project, args.exec_size, durable=durable)
+        per[durable], jobs = sweep_seconds(project, args.exec_size, args.cores)
+        shutil.rmtree(project)
+    print("| | N | jobs | per dataset ms |")
+    print("|---|---|---|---|")
+    print(
+        f"| opchain, durable (default) | {args.exec_size:,} | {jobs:,} | {1000 * per[True]:.2f} |"
+    )
+    print(f"| opchain, durable: false | {args.exec_size:,} | {jobs:,} | {1000 * per[False]:.2f} |")
+    cost = per[True] - per[False]
+    print(f"flushing costs {1000 * cost:.2f} ms per dataset ({per[True] / per[False]:.2f}x)")
+    print("\nFlush schemes, one dataset directory (8 files) published in this process, 200 times")
+    print("| scheme | ms per dataset |")
+    print("|---|---|")
+    for name, ms in flush_schemes(tmp / "schemes", 200):
+        print(f"| {name} | {ms:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plan-size", type=int, default=100_000)
@@ -202,6 +293,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="every size / 10, a quick check")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--parts", default="planning,execution,durability")
     args = parser.parse_args()
     args.peer_sizes = [int(s) for s in args.peer_sizes.split(",")]
     if args.small:
@@ -211,8 +303,10 @@ def main() -> None:
         args.peer_exec //= 10
     tmp = Path(tempfile.mkdtemp(prefix="opchain-scale-", dir=args.dir))
     try:
-        planning(args, tmp)
-        execution(args, tmp)
+        for part in args.parts.split(","):
+            {"planning": planning, "execution": execution, "durability": durability}[part](
+                args, tmp
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

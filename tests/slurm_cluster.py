@@ -50,13 +50,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
     "SlurmCluster",
     "SlurmClusterError",
     "ensure_installed",
+    "ensure_packages",
     "is_installed",
     "start_cluster",
 ]
@@ -130,26 +131,33 @@ def is_installed() -> bool:
 def ensure_installed(packages: Sequence[str] = ("slurm-wlm", "munge")) -> None:
     """Install SLURM and munge from Debian packages if they are missing.
 
-    Needs root (or passwordless apt-get) on Debian/Ubuntu. ``apt-get update``
-    is only run if the first install attempt fails (e.g. empty package lists
-    on a fresh machine). Installing does not start any daemon (no systemd).
+    Needs root (or passwordless apt-get) on Debian/Ubuntu. Installing does not
+    start any daemon (no systemd).
     """
-    if is_installed():
+    ensure_packages(packages, is_installed)
+
+
+def ensure_packages(packages: Sequence[str], installed: Callable[[], bool]) -> None:
+    """Install Debian ``packages`` with apt-get unless ``installed()`` says they are.
+
+    ``apt-get update`` is only run if the first install attempt fails (e.g.
+    empty package lists on a fresh machine).
+    """
+    if installed():
         return
     # several test processes (pytest-xdist) may get here at once: apt allows
     # only one dpkg run at a time, so serialise on a lock file
-    with open(os.path.join(tempfile.gettempdir(), "opchain-slurm-install.lock"), "w") as lock:
+    with open(os.path.join(tempfile.gettempdir(), "opchain-apt-install.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not is_installed():
-            _apt_install(packages)
+        if not installed():
+            _apt_install(packages, installed)
 
 
-def _apt_install(packages: Sequence[str]) -> None:
+def _apt_install(packages: Sequence[str], installed: Callable[[], bool]) -> None:
     apt = shutil.which("apt-get")
     if apt is None:
         raise SlurmClusterError(
-            "slurmctld/slurmd/munged are missing and apt-get is not available; "
-            "install SLURM (slurm-wlm) and munge by hand"
+            f"{' '.join(packages)}: missing, and apt-get is not available; install them by hand"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n", "-E"]
@@ -162,7 +170,7 @@ def _apt_install(packages: Sequence[str]) -> None:
         # fresh machine: empty or stale package lists
         subprocess.run([*sudo, apt, "update", "-q"], env=env, capture_output=True, text=True)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if res.returncode != 0 or not is_installed():
+    if res.returncode != 0 or not installed():
         raise SlurmClusterError(
             f"installing {' '.join(packages)} failed (rc={res.returncode}):\n"
             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"

@@ -4,24 +4,117 @@ into place when complete, so no reader, and no later run, ever sees a partial fi
 Aside names carry the writer's host and pid (``.<name>.tmp-<host>-<pid>-<random>``): a leftover of a
 killed writer is recognised as such (same host, process gone) and removed by the next writer of the
 same path, while a live writer's temporary, even on another host, is never touched.
+
+Durability: :func:`publish` is the one place where something written aside becomes visible. It
+flushes the temporary (every file and directory of a tree) to stable storage before the rename and
+the directory holding the new name after it, so after a power cut or a host crash a published name
+is complete or absent, never short or empty. The flushes of one tree run side by side (the
+filesystem commits them together: ~2 journal commits a dataset instead of one per file).
+``durable: false`` in the config (:func:`set_durable`) skips them, for scratch storage.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 __all__ = [
     "aside_path",
     "create_exclusive",
     "create_new",
+    "durable",
+    "flush",
+    "make_dirs",
     "pid_alive",
+    "publish",
     "remove_leftovers",
+    "set_durable",
     "write_atomic",
 ]
 
 HOST = os.uname().nodename.replace("-", "_")  # '-' separates the fields of an aside name
+_DURABLE = [True]  # the config's `durable` (a list: set in place, no `global`)
+
+
+def set_durable(on: bool) -> None:
+    """Whether :func:`publish` flushes (the config's ``durable``, on unless set false)."""
+    _DURABLE[0] = bool(on)
+
+
+def durable() -> bool:
+    return _DURABLE[0]
+
+
+def flush(paths: Iterable[Path]) -> None:
+    """Bring ``paths`` (files or directories) to stable storage (``fsync``), side by side: the
+    filesystem commits concurrent flushes together, where one after the other costs a commit each.
+    Nothing when durability is off."""
+    if not _DURABLE[0]:
+        return
+    paths = list(paths)
+    if len(paths) == 1:
+        _fsync(paths[0])
+    else:
+        for _ in _flushers().map(_fsync, paths):  # re-raises the first error
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory too: its fsync makes its entries durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@cache
+def _flushers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(16, thread_name_prefix="opchain-flush")
+
+
+def _tree(path: Path) -> list[Path]:
+    """``path`` and, for a directory, every file and directory under it."""
+    if not path.is_dir():
+        return [path]
+    found = [path]
+    for folder, dirs, files in os.walk(path):
+        found += [Path(folder, name) for name in (*dirs, *files)]
+    return found
+
+
+def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> bool:
+    """Give the complete ``temporary`` (a file, or a directory tree) the name ``final``, durably:
+    its content is flushed before the rename, the directory of ``final`` after it. Hard-linked
+    files count like any other: flushed with their tree, published by its rename. ``exclusive``:
+    a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file."""
+    if _DURABLE[0]:
+        flush(_tree(temporary))
+    if exclusive:
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            return False
+    else:
+        os.replace(temporary, final)
+    flush([final.parent])
+    return True
+
+
+def make_dirs(path: Path) -> None:
+    """``mkdir -p path``, each directory it creates flushed into its parent (so a published entry
+    in it cannot vanish with it after a crash)."""
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    flush([path.parent])
 
 
 def aside_path(final: Path, tag: str = "tmp") -> Path:
@@ -66,7 +159,7 @@ def write_atomic(path: Path, data: bytes | str, *, clean: bool = True) -> None:
         remove_leftovers(path)
     temporary = _write_aside(path, data)
     try:
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -78,12 +171,13 @@ def create_exclusive(path: Path, data: bytes | str) -> bool:
     leaves an empty or partial file. Where hard links are not supported, O_EXCL then write."""
     temporary = _write_aside(path, data)
     try:
-        os.link(temporary, path)
-        return True
-    except FileExistsError:
-        return False
+        return publish(temporary, path, exclusive=True)
     except OSError:  # no hard links on this filesystem
-        return create_new(path, data)
+        if not create_new(path, data):
+            return False
+        flush([path])
+        flush([path.parent])
+        return True
     finally:
         temporary.unlink(missing_ok=True)
 

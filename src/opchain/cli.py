@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from opchain import __version__, gc, lineage, spec, table
+from opchain import __version__, gc, lineage, spec, table, verify
 from opchain.convert import export_dataset, import_dataset
 from opchain.errors import OpchainError
 from opchain.index import Index
@@ -75,6 +75,18 @@ def main_parser() -> argparse.ArgumentParser:
     collect.add_argument("--keep-last", type=int, default=0, metavar="N", help="keep the N newest")
     collect.add_argument("--older-than", type=float, metavar="DAYS", help="only those older")
     collect.add_argument("--dry-run", action="store_true", help="only print what would go")
+    check = commands.add_parser(
+        "verify", help="re-hash stored datasets against their checksums; report the damaged ones"
+    )
+    check.add_argument(
+        "paths", nargs="*", type=Path, help="datasets or folders (default: what the chains use)"
+    )
+    check.add_argument("--all", action="store_true", help="every dataset under the storage root")
+    check.add_argument(
+        "--remove-damaged",
+        action="store_true",
+        help="remove damaged results (never inputs), so the next snakemake recomputes them",
+    )
     bring = commands.add_parser(
         "import", help="bring .h5ad, .npz, .npy or .csv data into the storage root as a dataset"
     )
@@ -151,6 +163,11 @@ def main(cli_args: Sequence[str]) -> int:
             )
             print(text, end="")
             return 0
+        if args.command == "verify":
+            if args.remove_damaged:
+                gc.refuse_while_running("verify --remove-damaged")
+            results, inputs = verify.targets(plan, args.paths, args.all)
+            return verify.verify(plan.storage, results, inputs, remove_damaged=args.remove_damaged)
         return gc.collect(plan, args.keep_last, args.older_than, dry_run=args.dry_run)
     except OpchainError as error:
         print(f"opchain: {error}", file=sys.stderr)

@@ -32,7 +32,7 @@ from opchain.plan import Plan
 from opchain.storage import CHAINS_DIR, OPERATIONS_DIR
 from opchain.table import HISTORY_DIR, history_versions, name_time
 
-__all__ = ["ResultDir", "collect", "result_dirs", "show_all"]
+__all__ = ["ResultDir", "collect", "refuse_while_running", "result_dirs", "show_all"]
 
 LOCKS = Path(".snakemake/locks")
 
@@ -122,14 +122,19 @@ def drop_index_entries(storage: Path, removed: set[str]) -> None:
                 entry.unlink()
 
 
-def collect(plan: Plan, keep_last: int, older_than: float | None, *, dry_run: bool) -> int:
-    """``opchain gc``: remove the result directories no current chain uses."""
+def refuse_while_running(command: str) -> None:
+    """Refuse ``command`` (which removes results) while Snakemake's lock says a run is going on."""
     locks = sorted(LOCKS.glob("*")) if LOCKS.is_dir() else []
     if locks:
         raise OpchainError(
-            f"{locks[0]}: a snakemake run holds this project's lock; gc waits until it ends "
-            "(after a killed run: snakemake --unlock)"
+            f"{locks[0]}: a snakemake run holds this project's lock; {command} waits until it "
+            "ends (after a killed run: snakemake --unlock)"
         )
+
+
+def collect(plan: Plan, keep_last: int, older_than: float | None, *, dry_run: bool) -> int:
+    """``opchain gc``: remove the result directories no current chain uses."""
+    refuse_while_running("gc")
     storage, root = plan.storage, plan.storage.resolve()
     dirs = result_dirs(plan)
     candidates = [d for d in dirs if not d.used]

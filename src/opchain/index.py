@@ -8,7 +8,8 @@ Layout (one small file per entry, so concurrent writers never edit a shared file
     .opchain/datasets/<fingerprint>   JSON: {"path": <dataset dir>}: where a point was computed
 
 Entries are created all-or-nothing and exclusively (:func:`opchain.atomic.create_exclusive`), so a
-kill never leaves an empty one. Of two runs that reserve the same fingerprint at once, the second
+kill never leaves an empty one, and flushed before and after they are published, so a host crash
+does not either. Of two runs that reserve the same fingerprint at once, the second
 adopts the first's directory; of two that claim the same name, the second takes the next suffix.
 Names are timestamps in the seed's form (``2026_11_23_6_5_2``), with ``_1``, ``_2`` … when taken
 within the same second. The index is derived data: :meth:`Index.rebuild` recreates it from the
@@ -27,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from opchain.atomic import create_exclusive, write_atomic
-from opchain.errors import PlanError
+from opchain.atomic import create_exclusive, make_dirs, write_atomic
+from opchain.errors import PlanError, storage_errors
 
 __all__ = ["Index", "Reservation", "timestamp_name"]
 
@@ -98,6 +99,10 @@ class Index:
         reserved the same fingerprint meanwhile, its directory (adopted); or a fresh name if
         another run claimed ours; or, for a chain another project created meanwhile under the same
         name, a key of its own (``name@<hash of its file>``): never another project's chain.yaml."""
+        with storage_errors(self.root):  # a full disk or a read-only root: one line
+            return self._commit()
+
+    def _commit(self) -> list[tuple[Reservation, str, str]]:
         final = []
         moved: dict[str, str] = {}  # proposed -> final, for the steps under a moved chain dir
         for reservation in self.pending:
@@ -110,7 +115,7 @@ class Index:
                     name = self._free_name(name.rpartition("/")[0])
                 entry = json.dumps({**reservation.entry, "dir": name}, sort_keys=True)
                 path = self.root / reservation.kind / key
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(path.parent)
                 if reservation.replace:
                     write_atomic(path, entry)
                     break
@@ -132,7 +137,7 @@ class Index:
     def record_dataset(self, fingerprint: str, path: str) -> None:
         """Remember where a grid point was computed, for later grids that contain it."""
         target = self.root / "datasets" / fingerprint
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         write_atomic(target, json.dumps({"path": path}), clean=False)
 
     def computed_at(self, fingerprint: str) -> str | None:
@@ -145,7 +150,7 @@ class Index:
 
     def _name_path(self, relative: str) -> Path:
         path = self.root / "names" / relative.replace("/", "%")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         return path
 
     def _claimed(self, relative: str) -> bool:
@@ -182,7 +187,7 @@ class Index:
 
     def _write(self, kind: str, key: str, entry: dict[str, Any] | None) -> None:
         path = self.root / kind / key
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         write_atomic(path, "" if entry is None else json.dumps(entry, sort_keys=True))
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opchain.atomic import write_atomic
+from opchain.atomic import durable, write_atomic
 from opchain.errors import PlanError
 from opchain.operations.sources import project_folder
 from opchain.plan import ChainPlan, Plan, Step, canonical_json, fingerprint
@@ -164,6 +164,7 @@ class Jobs:
         for step in self.plan.steps.values():
             spec = {
                 "storage": str(self.plan.storage),
+                "durable": durable(),  # the config's, for the job's process
                 "operations_code": str(folder) if folder else None,
                 "snakemake": snakemake_version,
                 "dir": step.dir,

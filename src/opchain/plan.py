@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from opchain.atomic import set_durable
 from opchain.errors import SpecError
 from opchain.index import Index
 from opchain.operations.sources import set_project_folder
@@ -372,6 +373,7 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
     workdir, so the plan and the results' metadata do not change when the project folder moves.
     """
     storage = storage_root(config)
+    set_durable(config.get("durable", True))
     set_project_folder(Path(config.get("operations_code", PROJECT_OPERATIONS)))
     dataset_format = config.get("dataset_format", "files")
     if dataset_format not in FORMATS:

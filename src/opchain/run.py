@@ -38,11 +38,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from opchain import __version__, locks
-from opchain.atomic import aside_path, remove_leftovers, write_atomic
+from opchain import __version__, locks, verify
+from opchain.atomic import (
+    aside_path,
+    make_dirs,
+    publish,
+    remove_leftovers,
+    set_durable,
+    write_atomic,
+)
 from opchain.daf import FilesWriter, open_reader
 from opchain.datastore import DataStore
-from opchain.errors import OpchainError
+from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
@@ -50,6 +57,7 @@ from opchain.operations.sources import set_project_folder
 __all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
+OWN_FILES = ("metadata.yaml", "input_metadata.yaml")  # a dataset's own: written for each place
 log = logging.getLogger("opchain")
 
 
@@ -87,6 +95,7 @@ def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
     operation's code hash the run was planned with (refused if the code changed since)."""
     storage = Path(spec["storage"])
     step_dir = storage / spec["dir"]
+    set_durable(spec.get("durable", True))
     set_project_folder(Path(spec["operations_code"]) if spec["operations_code"] else None)
     operation = get_operation(spec["type"], checked=True)
     if code is not None and operation.code_hash != code:
@@ -94,7 +103,7 @@ def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
             f"operation '{spec['operation']}' changed since this run was planned; run snakemake "
             "again to plan with its new code"
         )
-    step_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(step_dir)
     index = Index(storage)
     # Killed attempts' temporaries (.dataset_<k>.tmp-*), found with one listing of the step.
     leftovers = {n.split(".tmp-")[0][1:] for n in os.listdir(step_dir) if ".tmp-" in n}
@@ -144,15 +153,20 @@ def _make_dataset(
             metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
             scores = metadata["results"]
             step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
-        (temporary / "metadata.yaml").write_text(dump_yaml(metadata), encoding="utf-8")
         (temporary / "input_metadata.yaml").write_text(
             input_metadata(storage, dataset["input"]), encoding="utf-8"
         )
-        os.rename(temporary, output)
+        files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
+        text = verify.sealed(dump_yaml(metadata), files)
+        (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
+        publish(temporary, output)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(error, Exception):
-            step_log.error("failed: %s: %s", type(error).__name__, error)
+            full = storage_error(error, output)  # the storage's fault, not the operation's
+            step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
+            if full is not None:  # no traceback: Snakemake shows a failed job's log
+                raise full from None
             if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
                 log.error("%s", traceback.format_exc().rstrip())
             raise DatasetFailed(
@@ -178,6 +192,7 @@ def _compute(
     started = now()
     meter.start()
     data = open_reader(storage / dataset["input"])
+    verify.record_input(storage, dataset["input"])
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
@@ -227,12 +242,13 @@ def _link_result(
     source: Path, temporary: Path, spec: dict[str, Any], dataset: dict[str, Any], output: Path
 ) -> dict[str, Any]:
     """The dataset computed earlier at ``source``, without copying array bytes: hard links of its
-    immutable files (a copy across filesystems), and metadata for its new place."""
+    immutable files (a copy across filesystems), and metadata for its new place, with the digests
+    of the linked files."""
     for folder, _, files in os.walk(source):
         target = temporary / Path(folder).relative_to(source)
         target.mkdir(exist_ok=True)
         for name in files:
-            if Path(folder) == source and name in ("metadata.yaml", "input_metadata.yaml"):
+            if Path(folder) == source and name in OWN_FILES:
                 continue
             try:
                 os.link(Path(folder) / name, target / name)
@@ -241,8 +257,10 @@ def _link_result(
     metadata = yaml.safe_load((source / "metadata.yaml").read_text(encoding="utf-8"))
     storage = Path(spec["storage"])
     old, new = metadata["output"], output.relative_to(storage).as_posix()
+    linked = metadata.get(verify.DIGESTS) or {}
     return {
         **metadata,
+        verify.DIGESTS: {name: d for name, d in linked.items() if name not in OWN_FILES},
         "seed": spec["seed"],
         "run": spec["seed"],
         "fingerprint": spec["fingerprint"],
@@ -401,8 +419,10 @@ def main(argv: list[str]) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        for output in run_batch(batch_spec(marker), code):
-            log.info("%s", output)
+        spec = batch_spec(marker)
+        with storage_errors(Path(spec["storage"], spec["dir"])):
+            for output in run_batch(spec, code):
+                log.info("%s", output)
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"
         if isinstance(error.__cause__, Exception) and not isinstance(error.__cause__, OpchainError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from opchain.atomic import write_atomic
+from opchain.atomic import make_dirs, write_atomic
 from opchain.errors import OpchainError
 from opchain.index import timestamp_name
 
@@ -175,7 +175,7 @@ def _keep_history(chain_dir: Path, text: str) -> None:
     if versions and versions[-1].read_text(encoding="utf-8") == text:
         return
     folder = chain_dir / HISTORY_DIR
-    folder.mkdir(exist_ok=True)
+    make_dirs(folder)
     base = timestamp_name()
     name, suffix = base, 0
     while (folder / f"{name}.yaml").exists():
@@ -193,7 +193,7 @@ def write_chain_outputs(storage: Path, chain_dir: Path, manifest: dict[str, Any]
     """Write ``chain.yaml`` (its versions kept in ``history/``) and ``results.csv`` of a chain,
     each atomically and only when its bytes change."""
     text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    chain_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(chain_dir)
     _keep_history(chain_dir, text)
     _write_if_changed(chain_dir / "chain.yaml", text)
     _write_if_changed(chain_dir / RESULTS_CSV, rows_csv(chain_rows(storage, manifest)))

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, cast
 import numpy as np
 import yaml
 
-from opchain.atomic import aside_path
+from opchain.atomic import aside_path, publish
 from opchain.daf.mapping import DTYPES, is_sparse, sparse
 from opchain.errors import DafError
 
@@ -319,7 +319,8 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
     A missing ``final`` (or an empty directory) is simply replaced. An existing one is refused
     unless ``overwrite``, in which case it is renamed aside, ``temp`` renamed in, and the old one
     removed last: ``final`` is never a partial dataset (it is the old one, then for an instant
-    nothing, then the new one; if the second rename fails the old one is put back).
+    nothing, then the new one; if the second rename fails the old one is put back). Published with
+    :func:`opchain.atomic.publish`: flushed to stable storage before and after the rename.
     """
     exists = final.exists() or final.is_symlink()
     if exists and not is_empty_dir(final):
@@ -328,7 +329,7 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
         old = aside_path(final, "old")
         os.rename(final, old)
         try:
-            os.rename(temp, final)
+            publish(temp, final)
         except BaseException:
             os.rename(old, final)
             raise
@@ -336,14 +337,14 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
         return
     try:
         if temp.is_dir():
-            os.rename(temp, final)  # fails if final became a non-empty directory meanwhile
+            publish(temp, final)  # fails if final became a non-empty directory meanwhile
             return
         try:
-            os.link(temp, final)  # fails if final appeared meanwhile: no silent clobbering
-        except FileExistsError:
-            raise DafError(f"refuse to overwrite the existing dataset: {final}") from None
+            # A link fails if final appeared meanwhile: no silent clobbering.
+            if not publish(temp, final, exclusive=True):
+                raise DafError(f"refuse to overwrite the existing dataset: {final}")
         except OSError:  # a file system without hard links
-            os.rename(temp, final)
+            publish(temp, final)
         else:
             temp.unlink()
     except OSError as error:

@@ -121,12 +121,27 @@ def write_array(file: BinaryIO, array: np.ndarray, dtype: np.dtype) -> None:
     if array.size == 0:
         return
     if array.flags.c_contiguous and array.dtype == dtype:
-        array.tofile(file)
+        _tofile(array, file)
         return
     row_bytes = dtype.itemsize * prod(array.shape[1:])
     rows_per_block = max(1, BLOCK_BYTES // max(1, row_bytes))
     for start in range(0, array.shape[0], rows_per_block):
-        np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype).tofile(file)
+        _tofile(np.ascontiguousarray(array[start : start + rows_per_block], dtype=dtype), file)
+
+
+def _tofile(array: np.ndarray, file: BinaryIO) -> None:
+    """``array.tofile(file)`` for a C-contiguous array. Its short write (a full disk) says only "N
+    requested and M written"; the rest is then written through ``file``, which completes it or
+    raises the cause (no space left, quota exceeded) as an OSError with its errno."""
+    start = file.tell()
+    try:
+        array.tofile(file)
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        rest = memoryview(array).cast("B")[file.tell() - start :]
+        while rest:
+            rest = rest[file.write(rest) :]
 
 
 def mapped_file(array: np.ndarray, dtype: np.dtype) -> str | None:

@@ -1,0 +1,346 @@
+"""Checksums of stored datasets, and ``opchain verify``: which results and inputs still hold the
+bytes they were written (or first read) with.
+
+A result dataset's ``metadata.yaml`` ends with a ``sha256:`` mapping: the digest of every file of
+the dataset, by its path inside it, and of ``metadata.yaml`` itself (of its text before that
+mapping, so every byte of the dataset is covered). The job computes them just after writing the
+files, before it flushes and publishes the dataset: the files are read back from the page cache,
+not from disk (arrays are written through memory maps in any order, so hashing while writing would
+cost more than this second pass over memory). A dataset reused from an earlier grid (hard links)
+carries the digests of the files it links; only its own metadata is hashed anew.
+
+An input dataset (the user's: never written by opchain) is hashed when a job first reads it: its
+files' sizes, modification times and digests go to the index (``.opchain/inputs/``), again only
+when a size or time changed. So a file whose bytes differ while its size and time did not is
+damaged (bit rot), while one with a new time was edited (the next run recomputes from it).
+
+``opchain verify`` re-hashes and reports, one line per damaged dataset; ``--remove-damaged``
+removes damaged results (:func:`remove_dataset`), never inputs, so the next ``snakemake``
+recomputes exactly them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from opchain.atomic import aside_path, flush, make_dirs, write_atomic
+from opchain.errors import OpchainError
+from opchain.index import INDEX_DIR
+
+if TYPE_CHECKING:
+    from opchain.plan import Plan
+
+__all__ = [
+    "DIGESTS",
+    "METADATA",
+    "Check",
+    "check_input",
+    "check_result",
+    "digests",
+    "record_input",
+    "remove_dataset",
+    "sealed",
+    "targets",
+    "verify",
+]
+
+DIGESTS = "sha256"  # the key of the digests in metadata.yaml, and the algorithm
+METADATA = "metadata.yaml"
+_BLOCK = f"\n{DIGESTS}:\n".encode()  # where the digests start in a sealed metadata.yaml
+INPUTS = "inputs"  # the index's records of input datasets
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, DIGESTS).hexdigest()
+
+
+def files_of(folder: Path) -> list[str]:
+    """Every file under ``folder``, as sorted POSIX paths relative to it."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        relative = Path(root).relative_to(folder)
+        found += [(relative / name).as_posix() for name in files]
+    return sorted(found)
+
+
+def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
+    """The digest of every file under ``folder`` but its metadata.yaml: ``carried`` ones as given
+    (hard links of an earlier dataset's files: its digests, whatever became of the bytes), the
+    others hashed now."""
+    computed = {
+        name: file_digest(folder / name)
+        for name in files_of(folder)
+        if name != METADATA and name not in carried
+    }
+    return dict(sorted({**carried, **computed}.items()))
+
+
+def sealed(text: str, files: dict[str, str]) -> str:
+    """``text`` (a metadata.yaml without digests) followed by the digests of ``files`` and of
+    ``text`` itself."""
+    own = hashlib.new(DIGESTS, text.encode()).hexdigest()
+    block = yaml.safe_dump({DIGESTS: {**files, METADATA: own}}, default_flow_style=False)
+    return text + block
+
+
+def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
+    """(the text the digests cover, the digests), or (raw, None) for a metadata.yaml without."""
+    at = raw.rfind(_BLOCK)
+    if at < 0:
+        return raw, None
+    try:
+        found = yaml.safe_load(raw[at + 1 :])[DIGESTS]
+    except (yaml.YAMLError, TypeError, KeyError):
+        found = None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        return raw[: at + 1], {}  # a damaged digest block: nothing matches
+    return raw[: at + 1], {str(k): v for k, v in found.items()}
+
+
+# Inputs ------------------------------------------------------------------------------------------
+
+
+def _record_path(storage: Path, dataset: str) -> Path:
+    return storage / INDEX_DIR / INPUTS / hashlib.sha256(dataset.encode()).hexdigest()[:32]
+
+
+def _stats(path: Path) -> dict[str, list[int]]:
+    return {name: [(s := (path / name).stat()).st_size, s.st_mtime_ns] for name in files_of(path)}
+
+
+@cache  # once per input and process: a batch reads one input with many settings
+def record_input(storage: Path, dataset: str) -> None:
+    """Record the digests of the input ``dataset``'s files unless its record is current (same
+    files, sizes and times). A dataset that carries its own digests (a result used as an input)
+    needs none."""
+    path = storage / dataset
+    if _unseal(_read(path / METADATA))[1] is not None:
+        return
+    stats = _stats(path)
+    record = _record_path(storage, dataset)
+    old = _read_json(record)
+    if old.get("path") == dataset and {k: v[:2] for k, v in old.get("files", {}).items()} == stats:
+        return
+    files = {name: [*stat, file_digest(path / name)] for name, stat in stats.items()}
+    make_dirs(record.parent)
+    write_atomic(record, json.dumps({"path": dataset, "files": files}, sort_keys=True), clean=False)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def recorded_inputs(storage: Path) -> list[str]:
+    """Every input dataset with a record, sorted."""
+    folder = storage / INDEX_DIR / INPUTS
+    records = sorted(folder.iterdir()) if folder.is_dir() else []
+    return sorted({str(r["path"]) for r in map(_read_json, records) if "path" in r})
+
+
+# Checks ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """What a dataset holds against what was recorded."""
+
+    dataset: str  # relative to the storage root
+    input: bool  # a user's input (never removed), else a result
+    problems: list[str] = field(default_factory=list)  # "<file>: <what is wrong>": damage
+    changes: list[str] = field(default_factory=list)  # an input's files edited since recorded
+    verifiable: bool = True  # False: nothing recorded to check against
+    bytes: int = 0  # read to check it
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+
+def _short(digest: str) -> str:
+    return f"{DIGESTS} {digest[:16]}"
+
+
+def _compare(check: Check, path: Path, expected: dict[str, str]) -> None:
+    """Add a problem for each file of ``expected`` that is missing or whose digest differs."""
+    for name, digest in expected.items():
+        try:
+            found = file_digest(path / name)
+        except FileNotFoundError:
+            check.problems.append(f"{name}: missing")
+            continue
+        check.bytes += (path / name).stat().st_size
+        if found != digest:
+            check.problems.append(f"{name}: expected {_short(digest)}, found {_short(found)}")
+
+
+def check_result(storage: Path, dataset: str) -> Check:
+    """A result dataset against the digests in its metadata.yaml."""
+    path = storage / dataset
+    check = Check(dataset, input=False)
+    try:
+        raw = (path / METADATA).read_bytes()
+    except FileNotFoundError:
+        check.problems.append(f"{METADATA}: missing (an incomplete dataset)")
+        return check
+    covered, expected = _unseal(raw)
+    if expected is None:  # written before opchain recorded digests: nothing to check against
+        check.verifiable = False
+        return check
+    own = expected.pop(METADATA, "")
+    found = hashlib.new(DIGESTS, covered).hexdigest()
+    if found != own:
+        check.problems.append(f"{METADATA}: expected {_short(own)}, found {_short(found)}")
+    _compare(check, path, expected)
+    extra = [n for n in files_of(path) if n != METADATA and n not in expected]
+    check.problems += [f"{name}: unexpected (not written by opchain)" for name in extra]
+    return check
+
+
+def check_input(storage: Path, dataset: str) -> Check:
+    """An input dataset against the record of its files made when a job first read them."""
+    path = storage / dataset
+    check = Check(dataset, input=True)
+    record = _read_json(_record_path(storage, dataset))
+    if record.get("path") != dataset:
+        check.verifiable = False
+        return check
+    stats = _stats(path) if path.is_dir() else {}
+    unchanged = {}
+    for name, (size, mtime, digest) in record["files"].items():
+        if name in stats and stats[name] != [size, mtime]:
+            check.changes.append(f"{name}: modified")
+        else:
+            unchanged[name] = digest  # a missing file is damage: nothing edits by deleting
+    _compare(check, path, unchanged)
+    check.changes += [f"{name}: added" for name in stats if name not in record["files"]]
+    return check
+
+
+def remove_dataset(path: Path) -> None:
+    """Remove the result dataset at ``path`` whole: renamed aside first (one atomic step: from
+    then on it is absent, and the next ``snakemake`` recomputes it), then deleted. A kill in
+    between leaves a hidden leftover that the dataset's next writer removes."""
+    aside = aside_path(path)
+    os.rename(path, aside)
+    flush([path.parent])
+    shutil.rmtree(aside)
+
+
+# opchain verify ----------------------------------------------------------------------------------
+
+
+def targets(plan: Plan, paths: list[Path], everything: bool) -> tuple[list[str], list[str]]:
+    """The result and input datasets to check, relative to the storage root: those under
+    ``paths``, under the whole root (``everything``), or by default those the configured chains
+    use (their steps' datasets and their inputs)."""
+    from opchain.plan import CHAINS_DIR, OPERATIONS_DIR  # here: jobs import this module, not plan
+
+    storage = plan.storage
+    if not paths and not everything:
+        steps = plan.steps.values()
+        found = {f"{s.dir}/dataset_{k}" for s in steps for k in range(1, s.size + 1)}
+        results = sorted(d for d in found if (storage / d).is_dir())
+        return results, sorted({d for s in steps for d in s.sources})
+    tops = [""] if everything else [_inside(storage, path) for path in paths]
+    patterns = (f"{CHAINS_DIR}/*/*/dataset_*", f"{OPERATIONS_DIR}/*/dataset_*")
+    results = sorted(p.relative_to(storage).as_posix() for g in patterns for p in storage.glob(g))
+    results = [d for d in results if any(_under(d, t) for t in tops)]
+    inputs = [d for d in recorded_inputs(storage) if any(_under(d, t) for t in tops)]
+    for path, top in zip(paths, tops, strict=False):
+        if not any(_under(d, top) for d in results + inputs):
+            raise OpchainError(f"{path}: holds no result dataset, nor an input a job has read")
+    return results, inputs
+
+
+def _inside(storage: Path, path: Path) -> str:
+    """``path`` relative to the storage root ("" for the root itself)."""
+    root = storage.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise OpchainError(f"{path}: not under the storage root {storage}")
+    relative = path.resolve().relative_to(root).as_posix()
+    return "" if relative == "." else relative
+
+
+def _under(dataset: str, top: str) -> bool:
+    return not top or f"{dataset}/".startswith(f"{top}/")
+
+
+def _progress(checks: Iterable[Check], total: int) -> Iterator[Check]:
+    """``checks``, with a progress line on stderr: live on a terminal, else every 30 s."""
+    live = sys.stderr.isatty()
+    started = last = time.monotonic()
+    read = 0
+    for done, check in enumerate(checks, 1):
+        read += check.bytes
+        now = time.monotonic()
+        if now - last >= (0.2 if live else 30):
+            last = now
+            line = (
+                f"verifying: {done}/{total} datasets, {read / 2**20:.0f} MiB, {now - started:.0f} s"
+            )
+            sys.stderr.write(f"\r{line}" if live else f"{line}\n")
+            sys.stderr.flush()
+        yield check
+    if live and last > started:
+        sys.stderr.write("\r\033[K")
+
+
+def verify(storage: Path, results: list[str], inputs: list[str], *, remove_damaged: bool) -> int:
+    """Check ``results`` and ``inputs`` (relative to ``storage``), print a line per damaged
+    dataset and per changed input, then a summary; remove damaged results if asked. Returns the
+    exit code: 1 if anything was damaged."""
+    pending = [(d, False) for d in results] + [(d, True) for d in inputs]
+    checks = (check_input(storage, d) if i else check_result(storage, d) for d, i in pending)
+    counts = {"intact": 0, "damaged": 0, "unverifiable": 0, "changed": 0, "removed": 0}
+    read = 0
+    for check in _progress(checks, len(pending)):
+        read += check.bytes
+        kind = "input " if check.input else ""
+        if check.damaged:
+            counts["damaged"] += 1
+            note = " (an input: never removed)" if check.input else ""
+            print(f"damaged {kind}{check.dataset}: {'; '.join(check.problems)}{note}")
+            if remove_damaged and not check.input:
+                remove_dataset(storage / check.dataset)
+                counts["removed"] += 1
+                print(f"removed {check.dataset} (the next snakemake recomputes it)")
+        elif check.changes:
+            counts["changed"] += 1
+            print(
+                f"changed input {check.dataset}: {'; '.join(check.changes)} (edited since its "
+                "results were computed: the next snakemake recomputes from it)"
+            )
+        else:
+            counts["intact" if check.verifiable else "unverifiable"] += 1
+    parts = [f"{n} {what}" for what, n in counts.items() if n or what in ("intact", "damaged")]
+    why = " (unverifiable: no checksums recorded, e.g. results written before opchain kept them)"
+    print(
+        f"verified {len(pending)} datasets ({read / 2**20:.1f} MiB read): {', '.join(parts)}"
+        + (why if counts["unverifiable"] else "")
+    )
+    return 1 if counts["damaged"] else 0
