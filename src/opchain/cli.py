@@ -251,6 +251,7 @@ def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
                     "dir": step.dir,
                     "status": "up to date" if done else "will run",
                     "why": [] if done else step_reasons(step, old[i] if i < len(old) else None),
+                    "excluded": step.operation.excluded,  # settings its constraints dropped
                 }
             )
     return rows
@@ -267,6 +268,8 @@ def show_status(plan: Plan, *, as_json: bool) -> int:
         )
     for row in rows:
         why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
+        if row["excluded"]:
+            why += f"  [constraints excluded {row['excluded']} settings]"
         print(
             f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
             f"{row['status']:<10} {row['dir']}{why}"
