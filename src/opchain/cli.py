@@ -34,6 +34,7 @@ from opchain.plan import (
     plan_from_config,
     storage_root,
 )
+from opchain.statistics import stats_table
 
 __all__ = ["entrypoint", "main", "main_parser"]
 
@@ -70,6 +71,9 @@ def main_parser() -> argparse.ArgumentParser:
     results.add_argument("--summary", action="store_true", help="mean, std, n of scores over runs")
     results.add_argument("--score", help="only the rows, and columns, of this score")
     results.add_argument("--sort", help="sort by this column (--sort=-COLUMN: descending)")
+    results.add_argument(
+        "--stats", action="store_true", help="the chains' statistics: paired tests of a score"
+    )
     show = commands.add_parser("show", help="a result: parameters, scores, lineage, data")
     show.add_argument("path", type=Path, help="a dataset_<k>, step or chain directory")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -111,6 +115,8 @@ def main(cli_args: Sequence[str]) -> int:
     args, extra = parser.parse_known_args(cli_args)
     if args.command not in PASSED_ON and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "results" and args.stats and (args.summary or args.score):
+        parser.error("--stats prints the statistics files: it takes no --summary or --score")
     extra = [a for a in extra if a != "--"]  # `opchain run -- -n` as `opchain run -n`
     try:
         if args.command == "run":
@@ -144,6 +150,10 @@ def main(cli_args: Sequence[str]) -> int:
             return gc.show_all(plan) if args.all else show_list(plan)
         if args.command == "results":
             dirs = table.chain_dirs(plan.storage, args.chains, [c.dir for c in plan.chains])
+            if args.stats:
+                found = table.select(stats_table(dirs), summary=False, score=None, sort=args.sort)
+                print(table.formatted(found, args.format), end="")
+                return 0
             text = table.results_text(
                 dirs, args.format, summary=args.summary, score=args.score, sort=args.sort
             )
