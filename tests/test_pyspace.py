@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from conftest import Project, write_matrix
 
 from opchain.daf import open_reader
+from opchain.errors import SpecError
+from opchain.spec import load_chain, upstream_values
 
 CHAIN = "config/chains/basic.yaml"
 KFOLD = """type: kfold
@@ -113,3 +116,29 @@ def test_kfold_grid_with_a_constraint_plans_exactly_the_valid_settings(project: 
         "(operation 'kfold')"
     )
     assert sorted(p.name for p in step.parent.iterdir()) == before
+
+
+def test_upstream_constraints_admit_settings_by_the_earlier_steps_parameters(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the planner asks for each upstream dataset: the settings its lineage admits, named as
+    the results table names them; none admitted is one line at the constraint."""
+    project.edit(
+        "config/operations/add.yaml",
+        "type: myops:add\nparameter_ranges: {value: [0, 1, 2]}\n"
+        'upstream_constraints: ["value > jitter.scale", "value != add.value"]\n',
+    )
+    project.edit(CHAIN, "input_path: inputs\noperations: [add_one.yaml, jitter.yaml, add.yaml]\n")
+    monkeypatch.syspath_prepend(str(project.root))  # its myops module, as opchain would import it
+    chain = load_chain(project.root / CHAIN, project.root / "config" / "operations")
+    last = chain.steps[-1]
+    lineage = upstream_values([("add", {"value": 1}), ("jitter", {"scale": 0.5})])
+    assert lineage == {"add.value": 1, "jitter.scale": 0.5}
+    assert last.admitted(lineage) == [2]  # value 0 is not above 0.5, value 1 is add's own
+    with pytest.raises(SpecError) as refused:
+        last.admitted(upstream_values([("add", {"value": 1}), ("jitter", {"scale": 5})]))
+    assert str(refused.value) == (
+        f"{project.root / 'config/operations/add.yaml'}:3: upstream_constraints.0: "
+        "'value > jitter.scale': no setting satisfies the upstream constraints after "
+        "add.value=1, jitter.scale=5"
+    )
