@@ -6,6 +6,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/chains.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/statistics.smk"
 
 
 rule all:
@@ -13,3 +14,4 @@ rule all:
     input:
         targets(),
         report_targets(),
+        STATISTICS_TARGETS,

@@ -177,3 +177,13 @@ def test_report_lists_the_figures_operations_made(report: Path, tmp_path: Path) 
     listing = browse(report, ["digits", "pca"], tmp_path)
     assert "explained_variance - run 0,1,2 - first_half - components=10" in listing
     assert "first_components - run 0,1,2 - second_half - components=20" in listing
+
+
+def test_report_shows_the_statistics_of_a_chain(report: Path, tmp_path: Path) -> None:
+    """The digits chain's statistics file, under its chain's category, subcategory statistics,
+    to open or download (a CSV file)."""
+    listing = browse(report, ["digits", "statistics"], tmp_path)
+    assert '<td class="p-1 pl-2 ">accuracy_by_components</td>' in listing
+    (link,) = re.findall(r'href="data:text/csv;[^"]*?base64,([^"]+)"', listing)
+    text = base64.b64decode(unquote(link)).decode()
+    assert text.startswith("a,b,n,mean_difference,statistic,p,p_corrected\n10,20,6,")

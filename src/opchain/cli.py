@@ -27,6 +27,7 @@ from opchain.operations import sources
 from opchain.operations.sources import set_project_folder
 from opchain.plan import PROJECT_OPERATIONS, ChainPlan, Plan, Step, plan_from_config
 from opchain.project import WORKFLOW, init_project
+from opchain.statistics import stats_table
 from opchain.storage import inside_storage, storage_root
 
 __all__ = ["entrypoint", "main", "main_parser"]
@@ -68,6 +69,9 @@ def main_parser() -> argparse.ArgumentParser:
     results.add_argument("--summary", action="store_true", help="mean, std, n of scores over runs")
     results.add_argument("--score", help="only the rows, and columns, of this score")
     results.add_argument("--sort", help="sort by this column (--sort=-COLUMN: descending)")
+    results.add_argument(
+        "--stats", action="store_true", help="the chains' statistics: paired tests of a score"
+    )
     show = commands.add_parser("show", help="a result: parameters, scores, lineage, data")
     show.add_argument("path", type=Path, help="a dataset_<k>, step or chain directory")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -121,6 +125,8 @@ def main(cli_args: Sequence[str]) -> int:
     args, extra = parser.parse_known_args(cli_args)
     if args.command not in PASSED_ON and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "results" and args.stats and (args.summary or args.score):
+        parser.error("--stats prints the statistics files: it takes no --summary or --score")
     extra = [a for a in extra if a != "--"]  # `opchain run -- -n` as `opchain run -n`
     try:
         if args.command == "run":
@@ -158,6 +164,10 @@ def main(cli_args: Sequence[str]) -> int:
             return gc.show_all(plan) if args.all else show_list(plan)
         if args.command == "results":
             dirs = table.chain_dirs(plan.storage, args.chains, [c.dir for c in plan.chains])
+            if args.stats:
+                found = table.select(stats_table(dirs), summary=False, score=None, sort=args.sort)
+                print(table.formatted(found, args.format), end="")
+                return 0
             text = table.results_text(
                 dirs, args.format, summary=args.summary, score=args.score, sort=args.sort
             )
@@ -269,6 +279,7 @@ def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
                     "dir": step.dir,
                     "status": "up to date" if done else "will run",
                     "why": [] if done else step_reasons(step, old[i] if i < len(old) else None),
+                    "excluded": step.operation.excluded,  # settings its constraints dropped
                 }
             )
     return rows
@@ -285,6 +296,8 @@ def show_status(plan: Plan, *, as_json: bool) -> int:
         )
     for row in rows:
         why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
+        if row["excluded"]:
+            why += f"  [constraints excluded {row['excluded']} settings]"
         print(
             f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
             f"{row['status']:<10} {row['dir']}{why}"

@@ -46,7 +46,7 @@ JOBS_DIR = ".opchain/jobs"  # in the working directory: markers and step specs
 TABLES_DIR = ".opchain/chains"  # in the working directory: Snakemake's copies of chain tables
 GATHER_DIR = ".opchain/gather"  # in the working directory: outputs of the gather jobs
 LINE_BUDGET = 700  # characters of input paths a job may list (Snakemake prints them on one line)
-OWN_RULES = ("all", "chain_manifest", "chain_report", "gather")
+OWN_RULES = ("all", "chain_manifest", "chain_report", "chain_statistics", "gather")
 
 
 def rule_name(operation: str) -> str:

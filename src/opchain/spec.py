@@ -9,10 +9,11 @@ under the storage root), ``runs`` and a list of ``operations``, each an operatio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from opchain.constraints import Constraint, ConstraintError, parse
 from opchain.errors import SpecError
 from opchain.operations import Operation, get_operation
 from opchain.project import WORKFLOW
@@ -36,6 +38,10 @@ __all__ = [
 
 KeyPath = tuple[str | int, ...]
 PARAMETER_FORMS = ("parameters", "parameter_ranges", "parameter_settings")
+SPELLINGS = {"parameter_setting": "parameter_settings"}  # pySPACE's spelling, read alike
+SETTINGS_FORMS = (*PARAMETER_FORMS, *SPELLINGS)
+OPERATION_KEYS = {"type", "description", "runs", "batch", "constraints", "upstream_constraints",
+                  *SETTINGS_FORMS}  # fmt: skip
 CONFIG_SCHEMA = WORKFLOW / "workflow" / "schemas" / "config.schema.yaml"
 # A grid is refused before it is built: its settings are made in memory, and each is a dataset.
 MAX_SETTINGS = 1_000_000
@@ -267,16 +273,77 @@ class _Builder:
 
 
 @dataclass(frozen=True)
+class PlacedConstraint:
+    """A constraint and where it was written, so that its errors name the file and line."""
+
+    constraint: Constraint
+    doc: YamlDoc
+    where: KeyPath
+
+    def error(self, message: str) -> SpecError:
+        return self.doc.error(self.where, f"{self.constraint.text!r}: {message}")
+
+    def admits(self, values: Mapping[str, Any]) -> bool:
+        try:
+            return self.constraint.holds(values)
+        except ConstraintError as error:
+            used = ", ".join(f"{n}={values[n]!r}" for n in self.constraint.names if n in values)
+            raise self.error(f"cannot be evaluated for {used}: {error}") from None
+
+
+@dataclass(frozen=True)
 class OperationSpec:
     """One operation file, resolved: the operation and every parameter setting it expands to."""
 
     path: Path
     type: str  # as the spec names it: a built-in name or module:function
     operation: Operation
-    settings: tuple[dict[str, Any], ...]  # validated, defaults filled in
+    settings: tuple[dict[str, Any], ...]  # validated, defaults filled in, constraints applied
     runs: int
-    overrides: dict[str, Any]  # a chain's overridden_params, applied to every setting
+    overrides: dict[str, Any]  # a chain's overridden_params, as written
     batch: int | str | None = None  # datasets per job ("auto" or N); None: the config's
+    excluded: int = 0  # settings of the grid that its constraints dropped
+    # Constraints on the parameters of earlier steps (``pca.components``): applied per upstream
+    # dataset by the planner, with admitted().
+    upstream_constraints: tuple[PlacedConstraint, ...] = ()
+
+    def admitted(self, upstream: Mapping[str, Any]) -> list[int]:
+        """The indices of the settings the upstream constraints admit on a dataset whose lineage
+        has the parameters ``upstream`` (see :func:`upstream_values`); a SpecError naming the
+        file and line if they admit none."""
+        constraints = self.upstream_constraints
+        kept = [
+            j
+            for j, setting in enumerate(self.settings)
+            if all(c.admits({**setting, **upstream}) for c in constraints)
+        ]
+        if not kept:
+            names = {n for c in constraints for n in c.constraint.names if n in upstream}
+            after = ", ".join(f"{n}={upstream[n]!r}" for n in sorted(names))
+            raise constraints[0].error(
+                f"no setting satisfies the upstream constraints after {after}"
+            )
+        return kept
+
+
+def upstream_values(ancestors: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """``{"pca.components": 10, ...}``: the parameters of a dataset's earlier steps, given as
+    (operation name, setting) pairs, named as upstream constraints and the results table name them."""
+    return {f"{name}.{key}": value for name, setting in ancestors for key, value in setting.items()}
+
+
+@dataclass(frozen=True)
+class StatisticSpec:
+    """A chain's statistics entry: is ``score`` of ``operation``'s results different between the
+    values of the parameter ``compare``, on rows paired by ``pair_by``?"""
+
+    name: str
+    operation: str
+    score: str  # a score column of results.csv, without its score. prefix
+    compare: str  # a parameter as results.csv names it, without its param. prefix
+    pair_by: tuple[str, ...]  # input, run, seed or parameters
+    test: str  # paired_t or wilcoxon
+    correction: str  # holm or bonferroni
 
 
 @dataclass(frozen=True)
@@ -286,6 +353,7 @@ class ChainSpec:
     input_path: str
     runs: int
     steps: tuple[OperationSpec, ...]
+    statistics: tuple[StatisticSpec, ...] = ()
 
     @property
     def origin(self) -> str:
@@ -293,39 +361,128 @@ class ChainSpec:
         return str(self.path.resolve())
 
 
+@dataclass
+class _Source:
+    """An operation file's keys as one use of it sees them: the file's, with the whole keys a
+    chain's overridden_params replaces (pySPACE's dict.update); each key remembers the file and
+    key path it was written at."""
+
+    file: YamlDoc
+    values: dict[str, Any]
+    at: dict[str, tuple[YamlDoc, KeyPath]]
+
+    def place(self, key: str) -> tuple[YamlDoc, KeyPath]:
+        return self.at.get(key, (self.file, (key,)))
+
+    def error(self, where: KeyPath, message: str) -> SpecError:
+        if not where:
+            return self.file.error((), message)
+        doc, at = self.place(str(where[0]))
+        return doc.error((*at, *where[1:]), message)
+
+
 def load_operation(
     path: Path,
     overrides: Mapping[str, Any] | None = None,
     overrides_at: tuple[YamlDoc, KeyPath] | None = None,
 ) -> OperationSpec:
-    """Load an operation file, apply ``overrides`` and validate every setting it expands to.
+    """Load an operation file, apply a chain's ``overrides`` and validate every setting it
+    expands to.
 
-    ``overrides_at`` is where the overrides were written (a chain file and its key path), so that
-    an error in an overridden value names that file and line.
+    ``overrides`` either replaces whole keys of the file (``parameter_ranges: {...}``, pySPACE's
+    form) or sets parameters in every setting (``components: 10``). ``overrides_at`` is where
+    they were written (a chain file and its key path), so that their errors name that file.
     """
     doc = load_yaml(path)
     spec = _mapping(doc, (), doc.data)
-    _no_unknown_keys(doc, spec, {"type", "description", "runs", "batch", *PARAMETER_FORMS})
-    if "type" not in spec:
+    _no_unknown_keys(doc, spec, OPERATION_KEYS)
+    _one_form(doc, (), spec)
+    overrides_at = overrides_at or (doc, ())
+    source, named = _override(doc, spec, dict(overrides or {}), overrides_at)
+    if "type" not in source.values:
         raise doc.error((), "missing key 'type' (the operation to run)")
     try:
-        operation = get_operation(spec["type"])
+        operation = get_operation(source.values["type"])
     except SpecError as error:
-        raise doc.error(("type",), str(error)) from None
-    forms = [form for form in PARAMETER_FORMS if form in spec]
-    if len(forms) > 1:
-        raise doc.error((forms[1],), f"use only one of {', '.join(PARAMETER_FORMS)}")
-    form = forms[0] if forms else "parameters"
-    raw = spec.get(form, {} if form != "parameter_settings" else [{}])
-    overrides = dict(overrides or {})
-    places = _Places(doc, form, overrides_at or (doc, ()), set(overrides))
-    settings = _expand(places, raw, overrides)
-    validated = tuple(_validate(places, operation, i, s) for i, s in enumerate(settings))
-    runs = _positive_int(doc, ("runs",), spec.get("runs", 1))
-    batch = spec.get("batch")
+        raise source.error(("type",), str(error)) from None
+    _not_ambiguous(operation, overrides or {}, overrides_at)
+    form = next((f for f in SETTINGS_FORMS if f in source.values), "parameters")
+    places = _Places(SPELLINGS.get(form, form), source.place(form), overrides_at, set(named))
+    default = [{}] if places.form == "parameter_settings" else {}
+    settings = _expand(places, source.values.get(form, default), named)
+    validated = [_validate(places, operation, i, s) for i, s in enumerate(settings)]
+    kept = _constrain(source, operation, validated)
+    for i in kept:
+        _check(places, operation, i, validated[i])
+    runs = _positive_int(source, ("runs",), source.values.get("runs", 1))
+    batch = source.values.get("batch")
     if batch not in (None, "auto"):
-        batch = _positive_int(doc, ("batch",), batch)
-    return OperationSpec(path, spec["type"], operation, validated, runs, overrides, batch)
+        batch = _positive_int(source, ("batch",), batch)
+    upstream = _constraints(source, "upstream_constraints", operation)
+    return OperationSpec(
+        path,
+        source.values["type"],
+        operation,
+        tuple(validated[i] for i in kept),
+        runs,
+        dict(overrides or {}),
+        batch,
+        len(validated) - len(kept),
+        tuple(upstream),
+    )
+
+
+def _one_form(doc: YamlDoc, where: KeyPath, spec: Mapping[str, Any]) -> None:
+    forms = [form for form in SETTINGS_FORMS if form in spec]
+    if len(forms) > 1:
+        raise doc.error((*where, forms[1]), f"use only one of {', '.join(PARAMETER_FORMS)}")
+
+
+def _override(
+    doc: YamlDoc,
+    spec: dict[str, Any],
+    overrides: dict[str, Any],
+    overrides_at: tuple[YamlDoc, KeyPath],
+) -> tuple[_Source, dict[str, Any]]:
+    """The file's keys after a chain's overrides, and the parameters the overrides set (when they
+    name parameters rather than keys of the file). Overriding one form of settings replaces the
+    file's, whichever form that is."""
+    source = _Source(doc, dict(spec), {key: (doc, (key,)) for key in spec})
+    keys = [key for key in overrides if key in OPERATION_KEYS]
+    names = [key for key in overrides if key not in OPERATION_KEYS]
+    chain, at = overrides_at
+    if keys and names:
+        raise chain.error(
+            at,
+            f"mixes keys of an operation file ({', '.join(keys)}) with parameter names "
+            f"({', '.join(names)}): override whole keys (parameters: {{...}}) or parameters, "
+            "not both",
+        )
+    if not keys:
+        return source, overrides
+    _one_form(chain, at, overrides)
+    if any(form in overrides for form in SETTINGS_FORMS):
+        for form in SETTINGS_FORMS:
+            source.values.pop(form, None)
+    for key, value in overrides.items():
+        source.values[key] = value
+        source.at[key] = (chain, (*at, key))
+    return source, {}
+
+
+def _not_ambiguous(
+    operation: Operation, overrides: Mapping[str, Any], overrides_at: tuple[YamlDoc, KeyPath]
+) -> None:
+    """Refuse an override that could mean a key of the file or a parameter of the same name."""
+    for key in overrides:
+        if key in OPERATION_KEYS and key in operation.parameters:
+            chain, at = overrides_at
+            raise chain.error(
+                (*at, key),
+                f"'{key}' is both a key of operation files and a parameter of operation "
+                f"'{operation.name}': to set the parameter, override parameters: {{{key}: ...}} "
+                "(which replaces the file's parameters)",
+            )
 
 
 @dataclass
@@ -333,22 +490,21 @@ class _Places:
     """Where each value of each setting was written, for errors that name what the user wrote:
     ``parameter_ranges.components`` at the line of the offending value, not setting ``3``."""
 
-    doc: YamlDoc
-    form: str
+    form: str  # how the settings are written: parameters, parameter_ranges or parameter_settings
+    form_at: tuple[YamlDoc, KeyPath]  # the operation file's key, or a chain's override of it
     overrides_at: tuple[YamlDoc, KeyPath]
-    overridden: set[str]
+    overridden: set[str]  # parameters a chain's overrides set
     ranges: dict[str, list[Any]] = field(default_factory=dict)  # the grid, overrides applied
 
     def error(self, i: int, path: KeyPath, message: str) -> SpecError:
         """An error about setting ``i`` at ``path`` (a parameter, then a path inside its value)."""
+        doc, base = self.form_at
+        base = (*base, *((i,) if self.form == "parameter_settings" else ()))
         if not path:
-            settings_item = (i,) if self.form == "parameter_settings" else ()
-            return self.doc.error((self.form, *settings_item), message)
+            return doc.error(base, message)
         key, rest = path[0], path[1:]
         if key in self.overridden:
             doc, base = self.overrides_at
-        else:
-            doc, base = self.doc, (self.form, *((i,) if self.form == "parameter_settings" else ()))
         where = (*base, key, *rest)
         if key not in self.ranges:
             return doc.error(where, message)
@@ -364,13 +520,13 @@ class _Places:
 
 def _expand(places: _Places, raw: Any, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     """Turn one of the three parameter forms into a list of settings, overrides applied."""
-    doc, form = places.doc, places.form
-    if form == "parameter_settings":
+    doc, at = places.form_at
+    if places.form == "parameter_settings":
         if not isinstance(raw, list) or not raw:
-            raise doc.error((form,), "must be a non-empty list of parameter mappings")
-        return [{**_mapping(doc, (form, i), s), **overrides} for i, s in enumerate(raw)]
-    raw = {**_mapping(doc, (form,), raw), **overrides}
-    if form == "parameters":
+            raise doc.error(at, "must be a non-empty list of parameter mappings")
+        return [{**_mapping(doc, (*at, i), s), **overrides} for i, s in enumerate(raw)]
+    raw = {**_mapping(doc, at, raw), **overrides}
+    if places.form == "parameters":
         return [raw]
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
@@ -378,7 +534,7 @@ def _expand(places: _Places, raw: Any, overrides: dict[str, Any]) -> list[dict[s
     size = math.prod(len(values) for values in raw.values())
     if size > MAX_SETTINGS:
         sizes = " x ".join(f"{key} {len(values)}" for key, values in raw.items())
-        raise doc.error((form,), f"a grid of {size} settings ({sizes}), more than {MAX_SETTINGS}")
+        raise doc.error(at, f"a grid of {size} settings ({sizes}), more than {MAX_SETTINGS}")
     places.ranges = raw
     return [dict(zip(raw, combo, strict=True)) for combo in itertools.product(*raw.values())]
 
@@ -394,6 +550,59 @@ def _validate(
             path += (next(key for key in error.instance if key not in operation.parameters),)
         raise places.error(i, path, f"{error.message} (operation '{operation.name}')")
     return full
+
+
+def _check(places: _Places, operation: Operation, i: int, setting: dict[str, Any]) -> None:
+    """The operation's own check across parameters (kfold: fold < folds), at planning."""
+    problem = operation.check(setting) if operation.check else None
+    if problem is not None:
+        parameter, message = problem
+        raise places.error(i, (parameter,), f"{message} (operation '{operation.name}')")
+
+
+def _constraints(source: _Source, key: str, operation: Operation) -> list[PlacedConstraint]:
+    """The parsed ``constraints`` or ``upstream_constraints`` of an operation file. Plain names
+    must be the operation's parameters; dotted ones (``pca.components``, upstream constraints
+    only) are checked against the chain's earlier steps by :func:`load_chain`."""
+    texts = source.values.get(key, [])
+    if not isinstance(texts, list):
+        raise source.error((key,), "must be a list of constraints (strings like 'fold < folds')")
+    placed = []
+    for i, text in enumerate(texts):
+        doc, at = source.place(key)
+        try:
+            constraint = parse(text)
+        except ConstraintError as error:
+            raise doc.error((*at, i), str(error)) from None
+        found = PlacedConstraint(constraint, doc, (*at, i))
+        for name in constraint.names:
+            if "." in name and key == "upstream_constraints":
+                continue
+            if "." in name:
+                problem = (
+                    f"'{name}' is a parameter of an earlier step: put it in upstream_constraints"
+                )
+            elif name not in operation.parameters:
+                known = ", ".join(sorted(operation.parameters)) or "none"
+                problem = (
+                    f"unknown name '{name}' (parameters of operation '{operation.name}': {known})"
+                )
+            else:
+                continue
+            raise found.error(problem)
+        placed.append(found)
+    return placed
+
+
+def _constrain(source: _Source, operation: Operation, settings: list[dict[str, Any]]) -> list[int]:
+    """The indices of the settings all of the file's ``constraints`` admit (pySPACE's constraints,
+    parsed rather than ``eval``'d)."""
+    kept = list(range(len(settings)))
+    for placed in _constraints(source, "constraints", operation):
+        kept = [i for i in kept if placed.admits(settings[i])]
+        if not kept:
+            raise placed.error(f"no setting of the {len(settings)} satisfies the constraints")
+    return kept
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -412,7 +621,7 @@ def load_chain(path: Path, operations_dir: Path) -> ChainSpec:
     """Load a chain file; its operation files are looked up in ``operations_dir``."""
     doc = load_yaml(path)
     spec = _mapping(doc, (), doc.data)
-    _no_unknown_keys(doc, spec, {"input_path", "runs", "operations", "description"})
+    _no_unknown_keys(doc, spec, {"input_path", "runs", "operations", "description", "statistics"})
     for key in ("input_path", "operations"):
         if key not in spec:
             raise doc.error((), f"missing key '{key}'")
@@ -425,8 +634,94 @@ def load_chain(path: Path, operations_dir: Path) -> ChainSpec:
     if not isinstance(items, list) or not items:
         raise doc.error(("operations",), "must be a non-empty list of operation files")
     steps = tuple(_chain_item(doc, i, item, operations_dir) for i, item in enumerate(items))
+    for position, step in enumerate(steps):
+        earlier = [s.operation for s in steps[:position]]
+        for placed in step.upstream_constraints:
+            for name in (n for n in placed.constraint.names if "." in n):
+                problem = _parameter_problem(name, step.operation, earlier)
+                if problem:
+                    raise placed.error(problem)
     runs = _positive_int(doc, ("runs",), spec.get("runs", 1))
-    return ChainSpec(path.stem, path, spec["input_path"], runs, steps)
+    entries = spec.get("statistics", [])
+    if not isinstance(entries, list):
+        raise doc.error(("statistics",), "must be a list of statistics entries")
+    statistics: list[StatisticSpec] = []
+    for i, entry in enumerate(entries):
+        statistics.append(_statistic(doc, ("statistics", i), entry, steps))
+        if statistics[-1].name in [s.name for s in statistics[:-1]]:
+            raise doc.error(("statistics", i, "name"), "another statistics entry has this name")
+    return ChainSpec(path.stem, path, spec["input_path"], runs, steps, tuple(statistics))
+
+
+def _parameter_problem(name: str, operation: Operation, earlier: list[Operation]) -> str | None:
+    """What is wrong with ``name`` as a parameter of a result of ``operation`` after the steps
+    ``earlier``: its own (``components``) or an earlier step's (``pca.components``, named as the
+    results table names it); None if it names one."""
+    step, _, parameter = name.rpartition(".")
+    if not step:
+        if name in operation.parameters:
+            return None
+        known = ", ".join(sorted(operation.parameters)) or "none"
+        return f"unknown name '{name}' (parameters of operation '{operation.name}': {known})"
+    runs = [op for op in earlier if op.name == step]
+    if not runs:
+        names = ", ".join(op.name for op in earlier) or "none"
+        return f"no earlier step runs '{step}' (earlier steps: {names})"
+    if len(runs) > 1:
+        return f"'{step}' runs at {len(runs)} earlier steps: '{name}' cannot tell them apart"
+    if parameter not in runs[0].parameters:
+        known = ", ".join(sorted(runs[0].parameters)) or "none"
+        return f"operation '{step}' has no parameter '{parameter}' (it has: {known})"
+    return None
+
+
+STATISTIC_DEFAULTS = {"pair_by": ["input", "run"], "test": "paired_t", "correction": "holm"}
+STATISTIC_CHOICES = {"test": ("paired_t", "wilcoxon"), "correction": ("holm", "bonferroni")}
+ROW_KEYS = ("input", "run", "seed")  # results.csv columns that tell rows apart besides parameters
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _statistic(
+    doc: YamlDoc, where: KeyPath, entry: Any, steps: tuple[OperationSpec, ...]
+) -> StatisticSpec:
+    """One statistics entry of a chain file, checked against the chain's steps."""
+    entry = {**STATISTIC_DEFAULTS, **_mapping(doc, where, entry)}
+    _no_unknown_keys(doc, entry, {f.name for f in dataclasses.fields(StatisticSpec)}, where)
+    for key in ("name", "operation", "score", "compare"):
+        if key not in entry:
+            raise doc.error(where, f"missing key '{key}'")
+        if not _is_path(entry[key]):
+            raise doc.error((*where, key), f"must be a non-empty string, not {entry[key]!r}")
+    if not _FILE_NAME.fullmatch(entry["name"]):
+        raise doc.error((*where, "name"), "must be a file name: letters, digits, _ . - only")
+    for key, choices in STATISTIC_CHOICES.items():
+        if entry[key] not in choices:
+            raise doc.error((*where, key), f"must be one of {', '.join(choices)}")
+    positions = [i for i, s in enumerate(steps) if s.operation.name == entry["operation"]]
+    if not positions:
+        names = ", ".join(s.operation.name for s in steps)
+        raise doc.error((*where, "operation"), f"no step runs it (the chain runs: {names})")
+    operation = steps[positions[0]].operation
+    earlier = [s.operation for s in steps[: positions[0]]]
+    pair_by = entry["pair_by"]
+    if not isinstance(pair_by, list) or not all(isinstance(k, str) for k in pair_by):
+        raise doc.error(
+            (*where, "pair_by"), "must be a list of names (input, run, seed, parameters)"
+        )
+    if entry["compare"] in pair_by:
+        raise doc.error((*where, "compare"), "is in pair_by too: pairs differ in what they compare")
+    named = [(("compare",), entry["compare"])]
+    named += [(("pair_by", k), name) for k, name in enumerate(pair_by) if name not in ROW_KEYS]
+    for key, name in named:
+        problem = _parameter_problem(name, operation, earlier)
+        if problem:
+            also = (
+                f" (besides parameters, rows pair by {', '.join(ROW_KEYS)})"
+                if key[0] == "pair_by"
+                else ""
+            )
+            raise doc.error((*where, *key), problem + also)
+    return StatisticSpec(**{**entry, "pair_by": tuple(pair_by)})
 
 
 def _chain_item(doc: YamlDoc, i: int, item: Any, operations_dir: Path) -> OperationSpec:
@@ -470,7 +765,7 @@ def _no_unknown_keys(
             )
 
 
-def _positive_int(doc: YamlDoc, where: KeyPath, value: Any) -> int:
+def _positive_int(doc: YamlDoc | _Source, where: KeyPath, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise doc.error(where, f"must be a positive integer, not {value!r}")
     return value

@@ -30,6 +30,7 @@ __all__ = [
     "chain_dirs",
     "chain_rows",
     "flatten",
+    "formatted",
     "history_versions",
     "informative",
     "name_time",
@@ -292,11 +293,18 @@ def results_text(
     tables = [read_results(d / RESULTS_CSV) for d in dirs]
     table = pd.concat(tables, ignore_index=True)
     table = select(table, summary=summary, score=score, sort=sort)
+    return formatted(table if fmt != "table" else informative(table), fmt)
+
+
+def formatted(table: Any, fmt: str) -> str:
+    """A DataFrame as ``opchain results`` prints it: CSV, JSON records or a text table."""
+    import pandas as pd
+
     if fmt == "csv":
         return table.to_csv(index=False)
     if fmt == "json":
         records = table.astype(object).where(table.notna(), None).to_dict("records")
         return json.dumps(records, indent=2, default=lambda v: v.item()) + "\n"
-    shown = informative(table).astype(object)
+    shown = table.astype(object)
     shown = shown.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else v)
     return shown.to_string(index=False) + "\n"

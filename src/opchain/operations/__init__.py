@@ -49,6 +49,9 @@ class Context:
 
 
 OperationFunction = Callable[[Any, dict[str, Any], Context], None]
+# A check across parameters, run on each setting when the plan is made: None if the setting is
+# fine, else (the parameter to blame, what is wrong), e.g. ("fold", "fold 5 is not one of ...").
+ParameterCheck = Callable[[dict[str, Any]], tuple[str, str] | None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Operation:
     random: bool
     version: str
     resources: dict[str, int]  # cluster resources (mem_mb, runtime, cpus_per_task) it asks for
+    check: ParameterCheck | None = None  # what the schema cannot say: checks across parameters
 
     @cached_property
     def validator(self) -> Any:  # a jsonschema validator
@@ -98,18 +102,25 @@ def operation(
     random: bool = False,
     version: str = "1",
     resources: dict[str, int] | None = None,
+    check: ParameterCheck | None = None,
 ) -> Callable[[OperationFunction], OperationFunction]:
     """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path).
 
     ``required`` defaults to every parameter without a default: a spec that omits one would give
     the function no value for it, and every job would fail with a KeyError instead of the plan
     with one line. Pass ``required`` explicitly to make such a parameter optional.
+
+    ``check(params)`` judges what the JSON schema cannot, relations between parameters: it gets
+    each setting (valid by the schema, defaults filled in) when the plan is made and returns None,
+    or ``(parameter, problem)``, which refuses the plan with one line at that parameter's place.
     """
     if required is None:
         required = tuple(key for key, schema in parameters.items() if "default" not in schema)
 
     def register(fn: OperationFunction) -> OperationFunction:
-        op = Operation(name, fn, parameters, tuple(required), random, version, resources or {})
+        op = Operation(
+            name, fn, parameters, tuple(required), random, version, resources or {}, check
+        )
         fn.__opchain_operation__ = op  # type: ignore[attr-defined]
         if fn.__module__.startswith("opchain."):
             _REGISTRY[name] = op

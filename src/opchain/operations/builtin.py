@@ -373,19 +373,24 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
         map_rows(ctx.output, name, matrix, log1p_into)
 
 
+def axis_of_matrix(params: dict[str, Any]) -> tuple[str, str] | None:
+    if params["axis"] in split_matrix_name(params["matrix"])[:2]:
+        return None
+    return "axis", f"'{params['axis']}' is not an axis of {params['matrix']}"
+
+
 @operation(
     "standardize",
     parameters={
         "matrix": MATRIX,
         "axis": {**AXIS, "description": "the axis whose entries are each scaled to mean 0, std 1"},
     },
+    check=axis_of_matrix,
 )
 def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Z-score each entry of ``axis`` (a column axis or the row axis of ``matrix``); dense output."""
     name, axis = params["matrix"], params["axis"]
-    rows_axis, columns_axis, _ = split_matrix_name(name)
-    if axis not in (rows_axis, columns_axis):
-        raise OpchainError(f"standardize: axis '{axis}' is not an axis of {name}")
+    columns_axis = split_matrix_name(name)[1]
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if axis == columns_axis:

@@ -43,10 +43,17 @@ COMPARISONS = {
 NUMERIC_DTYPES = [d for d in DTYPES if d != "float16"]  # scipy.sparse has no float16
 
 
-def vector_on(data: Any, name: str, axis: str) -> str:
-    if name.split("#", 1)[0] != axis:
-        raise OpchainError(f"'{name}' is not a vector of the axis '{axis}'")
-    return name
+def vector_on(params: dict[str, Any], vector: str, axis: str) -> tuple[str, str] | None:
+    """Blames ``vector`` (a parameter) unless it names a vector of the axis ``axis`` names."""
+    if params[vector].split("#", 1)[0] == axis:
+        return None
+    return vector, f"'{params[vector]}' is not a vector of the axis '{axis}'"
+
+
+def filter_check(params: dict[str, Any]) -> tuple[str, str] | None:
+    if params["op"] in ("in", "not in") and not isinstance(params["value"], list):
+        return "value", f"op '{params['op']}' needs a list value, not {params['value']!r}"
+    return vector_on(params, "property", params["axis"])
 
 
 @operation(
@@ -60,13 +67,11 @@ def vector_on(data: Any, name: str, axis: str) -> str:
             "examples": ["a"],
         },
     },
+    check=filter_check,
 )
 def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Keep the entries of an axis whose property passes a comparison (no code is evaluated)."""
-    axis, op, value = params["axis"], params["op"], params["value"]
-    if op in ("in", "not in") and not isinstance(value, list):
-        raise OpchainError(f"filter: op '{op}' needs a list value, not {value!r}")
-    name = vector_on(data, params["property"], axis)
+    axis, op, value, name = params["axis"], params["op"], params["value"], params["property"]
     try:
         passes = [COMPARISONS[op](piece, value) for piece in data.data1d_chunks(name)]
     except TypeError:  # e.g. strings < a number
@@ -96,12 +101,13 @@ def filter_entries(data: Any, params: dict[str, Any], ctx: Context) -> None:
         "axis": {**AXIS, "type": ["string", "null"], "default": None,
                  "description": "the new axis of groups (default: the property's name)"},
     },
+    check=lambda params: vector_on(params, "by", split_matrix_name(params["matrix"])[0]),
 )  # fmt: skip
 def aggregate(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Sum or average the rows of a matrix per group of a rows' property, onto a new axis."""
     name = params["matrix"]
-    rows, columns, prop = split_matrix_name(name)
-    labels, group_of = group_codes(data, vector_on(data, params["by"], rows))
+    _, columns, prop = split_matrix_name(name)
+    labels, group_of = group_codes(data, params["by"])
     group_axis = params["axis"] or params["by"].split("#", 1)[1]
     if group_axis in data.axis_names():
         raise OpchainError(f"aggregate: the dataset already has an axis '{group_axis}'")
@@ -114,6 +120,17 @@ def aggregate(data: Any, params: dict[str, Any], ctx: Context) -> None:
     ctx.results["groups"] = len(labels)
 
 
+def fold_of_folds(params: dict[str, Any]) -> tuple[str, str] | None:
+    fold, folds = params["fold"], params["folds"]
+    if fold < folds:
+        return None
+    problem = f"fold {fold} is not one of the {folds} folds 0..{folds - 1}"
+    return (
+        "fold",
+        f'{problem} (a grid over both drops such settings: constraints: ["fold < folds"])',
+    )
+
+
 @operation(
     "kfold",
     random=True,
@@ -123,13 +140,12 @@ def aggregate(data: Any, params: dict[str, Any], ctx: Context) -> None:
         "fold": {"type": "integer", "minimum": 0, "default": 0,
                  "description": "the fold marked as test: a range over 0..folds-1 gives one dataset per fold"},
     },
+    check=fold_of_folds,
 )  # fmt: skip
 def kfold(data: Any, params: dict[str, Any], ctx: Context) -> None:
     """Mark fold ``fold`` of a random k-fold partition of ``axis`` as test (``axis#is_test``);
     every fold of one run draws the same partition, so the folds are disjoint and cover the axis."""
     axis, folds, fold = params["axis"], params["folds"], params["fold"]
-    if fold >= folds:
-        raise OpchainError(f"kfold: fold {fold} is not one of the {folds} folds 0..{folds - 1}")
     size = data.axis_size(axis)
     assert ctx.rng is not None
     order = ctx.rng.permutation(size)

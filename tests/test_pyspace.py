@@ -1,0 +1,144 @@
+"""pySPACE's chain and operation files run as written: overrides of whole keys of an operation file,
+the singular parameter_setting, and constraints that drop settings of a grid, all through real
+`snakemake` processes on the basic scenario (tests/chains/basic)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import Project, write_matrix
+
+from opchain.daf import open_reader
+from opchain.errors import SpecError
+from opchain.spec import load_chain, upstream_values
+
+CHAIN = "config/chains/basic.yaml"
+KFOLD = """type: kfold
+parameter_ranges:
+  axis: [row]
+  folds: [5, 10]
+  fold: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+"""
+
+
+def parameters(step: Path) -> list[dict]:
+    return [
+        yaml.safe_load((d / "metadata.yaml").read_text())["parameters"]
+        for d in sorted(step.glob("dataset_*"))
+    ]
+
+
+def last_step(project: Project) -> Path:
+    return project.storage / project.manifest()["runs"][0]["steps"][-1]["dir"]
+
+
+def test_a_chain_in_pyspace_override_form_runs_as_its_plain_form_would(project: Project) -> None:
+    """overridden_params replacing whole keys (pySPACE's dict.update of the operation spec),
+    parameter_setting in the singular: the same results, in the same directories, as operation
+    files that say the same in opchain's own forms."""
+    project.edit(
+        CHAIN,
+        """input_path: inputs
+operations:
+  - add_one.yaml
+  - operation_spec: add.yaml
+    overridden_params:
+      parameter_setting: [{value: 10}, {value: 20}]
+  - operation_spec: jitter.yaml
+    overridden_params:
+      parameter_ranges: {scale: [0.0, 1.0]}
+""",
+    )
+    project.snakemake()
+    manifest = project.manifest()
+    add, jitter = (project.storage / s["dir"] for s in manifest["runs"][0]["steps"][1:])
+    assert [p["value"] for p in parameters(add)] == [10, 20, 10, 20]  # 2 settings x 2 inputs
+    assert [p["scale"] for p in parameters(jitter)] == [0.0, 1.0] * 4
+    project.edit("config/operations/add_both.yaml", "type: myops:add\nparameter_settings: [{value: 10}, {value: 20}]\n")  # fmt: skip
+    project.edit("config/operations/jitter_grid.yaml", "type: myops:jitter\nparameter_ranges: {scale: [0.0, 1.0]}\n")  # fmt: skip
+    project.edit(CHAIN, "input_path: inputs\noperations: [add_one.yaml, add_both.yaml, jitter_grid.yaml]\n")  # fmt: skip
+    assert "Nothing to be done" in project.snakemake("-n").stdout
+    # Today's form, parameter names, keeps working beside it.
+    project.edit(
+        CHAIN,
+        "input_path: inputs\noperations:\n  - add_one.yaml\n"
+        "  - {operation_spec: add_both.yaml, overridden_params: {value: 7}}\n",
+    )
+    project.snakemake()
+    assert [p["value"] for p in parameters(last_step(project))] == [7, 7, 7, 7]
+
+
+def test_kfold_grid_with_a_constraint_plans_exactly_the_valid_settings(project: Project) -> None:
+    """folds [5, 10] x fold [0..9] is 20 settings, of which 5 have no such fold: the constraint
+    drops them when the plan is made, status says so, and the 15 run; without the constraint the
+    plan is refused with one line before any job runs."""
+    write_matrix(project.storage / "single" / "d", np.arange(60.0).reshape(20, 3))
+    project.edit(CHAIN, "input_path: single\noperations: [kfold.yaml]\n")
+    project.edit("config/operations/kfold.yaml", KFOLD + 'constraints: ["fold < folds"]\n')
+    status = project.opchain("status").stdout
+    assert "[constraints excluded 5 settings]" in status
+    planned = project.snakemake("-n").stdout
+    assert "15 settings x 1 inputs" in planned and re.search(r"^kfold\s+15$", planned, re.M)
+    project.snakemake()
+    step = last_step(project)
+    found = [(p["folds"], p["fold"]) for p in parameters(step)]
+    assert sorted(found) == [(5, f) for f in range(5)] + [(10, f) for f in range(10)]
+    tests = {
+        (p["folds"], p["fold"]): np.asarray(open_reader(d).get_data1d("row#is_test"))
+        for p, d in zip(parameters(step), sorted(step.glob("dataset_*")), strict=True)
+    }
+    for folds in (5, 10):  # each partition's folds cover the 20 rows once
+        assert np.array_equal(sum(tests[(folds, f)].astype(int) for f in range(folds)), np.ones(20))
+
+    # Per-point reuse: a narrower constraint finds every point already computed.
+    project.edit(
+        "config/operations/kfold.yaml", KFOLD + 'constraints: ["fold < folds", "folds == 10"]\n'
+    )
+    project.snakemake()
+    narrower = last_step(project)
+    assert narrower != step and len(parameters(narrower)) == 10
+    assert all(
+        yaml.safe_load((d / "metadata.yaml").read_text()).get("computed_in")
+        for d in narrower.glob("dataset_*")
+    )
+
+    project.edit("config/operations/kfold.yaml", KFOLD)
+    before = sorted(p.name for p in step.parent.iterdir())
+    refused = project.snakemake("-n", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "opchain: config/operations/kfold.yaml:5: parameter_ranges.fold: fold 5 is not one of the "
+        '5 folds 0..4 (a grid over both drops such settings: constraints: ["fold < folds"]) '
+        "(operation 'kfold')"
+    )
+    assert sorted(p.name for p in step.parent.iterdir()) == before
+
+
+def test_upstream_constraints_admit_settings_by_the_earlier_steps_parameters(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the planner asks for each upstream dataset: the settings its lineage admits, named as
+    the results table names them; none admitted is one line at the constraint."""
+    project.edit(
+        "config/operations/add.yaml",
+        "type: myops:add\nparameter_ranges: {value: [0, 1, 2]}\n"
+        'upstream_constraints: ["value > jitter.scale", "value != add.value"]\n',
+    )
+    project.edit(CHAIN, "input_path: inputs\noperations: [add_one.yaml, jitter.yaml, add.yaml]\n")
+    monkeypatch.syspath_prepend(str(project.root))  # its myops module, as opchain would import it
+    chain = load_chain(project.root / CHAIN, project.root / "config" / "operations")
+    last = chain.steps[-1]
+    lineage = upstream_values([("add", {"value": 1}), ("jitter", {"scale": 0.5})])
+    assert lineage == {"add.value": 1, "jitter.scale": 0.5}
+    assert last.admitted(lineage) == [2]  # value 0 is not above 0.5, value 1 is add's own
+    with pytest.raises(SpecError) as refused:
+        last.admitted(upstream_values([("add", {"value": 1}), ("jitter", {"scale": 5})]))
+    assert str(refused.value) == (
+        f"{project.root / 'config/operations/add.yaml'}:3: upstream_constraints.0: "
+        "'value > jitter.scale': no setting satisfies the upstream constraints after "
+        "add.value=1, jitter.scale=5"
+    )
