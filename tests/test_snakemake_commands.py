@@ -100,7 +100,9 @@ def test_list_changes_names_the_batches_whose_params_code_or_inputs_changed(
     )
     inputs = project.snakemake("--list-changes", "input").stdout.split()
     assert ".opchain/chains/basic/chain.yaml" in inputs  # it waits for one batch less
-    assert sorted(i for i in inputs if i.startswith(".opchain/jobs/")) == [f".opchain/jobs/jitter/basic/2_s{r}/batch_2" for r in (0, 1)]
+    assert sorted(i for i in inputs if i.startswith(".opchain/jobs/")) == [
+        f".opchain/jobs/jitter/basic/2_s{r}/batch_2" for r in (0, 1)
+    ]
 
 
 def test_touch_marks_batches_done_only_where_their_results_exist(project: Project) -> None:
