@@ -247,7 +247,7 @@ start = time.perf_counter()
 plan = plan_from_config(config)
 print(f"plan_seconds {time.perf_counter() - start:.6f} steps {len(plan.steps)}")
 if sys.argv[1:] == ["reserve"]:
-    plan.start("bench")
+    plan.reserve()
 """
 
 
