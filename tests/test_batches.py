@@ -7,6 +7,7 @@ layout, one metadata.yaml per dataset, byte-identical arrays, kill safety per da
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -191,3 +192,28 @@ def test_a_deleted_result_is_recomputed_alone(tmp_path: Path) -> None:
     }
     again = project.snakemake()
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_job_computes_as_many_datasets_at_once_as_its_threads(tmp_path: Path) -> None:
+    """--set-threads OP=N (or an operation's resources threads, or SLURM's CPUs) gives each job N
+    processes: its datasets are computed side by side, each still written whole with its own
+    metadata, and the results are byte-identical at any thread count."""
+    results = {}
+    for threads in (1, 2, 4):
+        project = grid_project(tmp_path / f"t{threads}", [10, 20, 30, 40], batch=8)
+        set_threads = ["--set-threads", f"add={threads}", f"jitter={threads}", "--cores", "4"]
+        assert job_counts(project.snakemake(*set_threads)) == {"add": 1, "jitter": 1}
+        results[threads] = arrays(project)
+    assert results[1] == results[2] == results[4] and len(results[1]) == 2 * 8
+    project = make_project(tmp_path / "slow")
+    project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [slow.yaml]\n")
+    project.edit(
+        "config/operations/slow.yaml",
+        "type: myops:slow\nbatch: 4\nparameter_ranges: {seconds: [1, 1]}\n",
+    )
+    project.snakemake("--set-threads", "slow=4", "--cores", "4")
+    step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+    spans = sorted((m["started"], m["finished"]) for m in map(metadata, step.glob("dataset_*")))
+    assert len(spans) == 4
+    # Each sleeps a second; computed one after another, each would start after the last ended.
+    assert all(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))

@@ -65,14 +65,17 @@ class Jobs:
         self.steps = {s.position: s for s in self.plan.steps.values()}
 
     @property
-    def rules(self) -> dict[str, tuple[dict[str, int], str]]:
+    def rules(self) -> dict[str, tuple[dict[str, int], str, int]]:
         """One rule per operation the plan uses (job lines, --dag and the report name it): the
-        cluster resources it declares and its code's hash (in the rule's shell command, so
-        ``--list-changes code`` names the batches of an operation whose code changed)."""
-        return {
-            rule_name(s.name): (s.operation.operation.resources, s.components["code"])
-            for s in sorted(self.plan.steps.values(), key=lambda s: s.name)
-        }
+        cluster resources it declares, its code's hash (in the rule's shell command, so
+        ``--list-changes code`` names the batches of an operation whose code changed) and its
+        threads (``resources={"threads": N}``, default 1): datasets a job computes at once."""
+        rules = {}
+        for step in sorted(self.plan.steps.values(), key=lambda s: s.name):
+            resources = dict(step.operation.operation.resources)
+            threads = resources.pop("threads", 1)
+            rules[rule_name(step.name)] = (resources, step.components["code"], threads)
+        return rules
 
     def marker(self, step: Step, b: int) -> str:
         return f"{JOBS_DIR}/{rule_name(step.name)}/{step.position}/batch_{b}"

@@ -1,8 +1,9 @@
 """Execute one job: a batch of result datasets of one step, each written atomically and alone.
 
-``python -m opchain.run --code HASH MARKER LOG`` reads its step's spec from ``step.json`` beside
-MARKER (written by the planner when the run started) and its batch number from MARKER's name, then
-for each dataset of the batch, under that dataset's lock in the storage root:
+``python -m opchain.run --code HASH --workers N MARKER LOG`` reads its step's spec from
+``step.json`` beside MARKER (written by the planner when the run started) and its batch number from
+MARKER's name, then for each dataset of the batch (N at once, in forked processes), under that
+dataset's lock in the storage root:
 
 - if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
@@ -29,6 +31,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -90,9 +93,10 @@ def dump_yaml(value: Any) -> str:
     )
 
 
-def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
+def run_batch(spec: dict[str, Any], code: str | None = None, workers: int = 1) -> list[Path]:
     """Make every dataset of the batch ``spec`` exist; return their directories. ``code``: the
-    operation's code hash the run was planned with (refused if the code changed since)."""
+    operation's code hash the run was planned with (refused if the code changed since);
+    ``workers``: how many datasets are computed at once (the job's threads)."""
     storage = Path(spec["storage"])
     step_dir = storage / spec["dir"]
     set_durable(spec.get("durable", True))
@@ -104,17 +108,37 @@ def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
             "again to plan with its new code"
         )
     make_dirs(step_dir)
-    index = Index(storage)
     # Killed attempts' temporaries (.dataset_<k>.tmp-*), found with one listing of the step.
     leftovers = {n.split(".tmp-")[0][1:] for n in os.listdir(step_dir) if ".tmp-" in n}
-    outputs = []
+    outputs = [step_dir / f"dataset_{d['k']}" for d in spec["datasets"]]
+    # The fast path: no lock needed to see a finished dataset.
+    todo = [d for d, output in zip(spec["datasets"], outputs, strict=True) if not output.exists()]
+    shares = [todo[i::workers] for i in range(min(workers, len(todo)))] or [[]]
+    if len(shares) == 1:
+        _make_datasets(operation, spec, shares[0], leftovers)
+    else:  # datasets are independent: one process each, forked with the operation loaded
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+            done = [pool.submit(_make_datasets, operation, spec, s, leftovers) for s in shares]
+            for future in done:
+                future.result()
+    source = step_dir / "source_operation.yaml"
+    if not source.exists():
+        write_atomic(step_dir / "source_operation.original.yaml", _original(spec["source"]))
+        write_atomic(source, source_operation(spec["source"]))
+    return outputs
+
+
+def _make_datasets(
+    operation: Operation, spec: dict[str, Any], datasets: list[dict[str, Any]], leftovers: set[str]
+) -> None:
+    """Make ``datasets`` of the batch, one after another, each under its lock."""
+    storage, index = Path(spec["storage"]), Index(Path(spec["storage"]))
+    step_dir = storage / spec["dir"]
     log_fd = os.open(step_dir / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     with CostMeter() as meter, closing_fd(log_fd):
-        for dataset in spec["datasets"]:
+        for dataset in datasets:
             output = step_dir / f"dataset_{dataset['k']}"
-            outputs.append(output)
-            if output.exists():  # the fast path: no lock needed to see a finished dataset
-                continue
             with locks.hold(storage, f"{spec['dir']}/{output.name}"):
                 if output.exists():  # finished by another run while we waited
                     continue
@@ -122,11 +146,6 @@ def run_batch(spec: dict[str, Any], code: str | None = None) -> list[Path]:
                     remove_leftovers(output)
                 with _step_log(output, log_fd) as step_log:
                     _make_dataset(operation, spec, dataset, output, index, step_log, meter)
-    source = step_dir / "source_operation.yaml"
-    if not source.exists():
-        write_atomic(step_dir / "source_operation.original.yaml", _original(spec["source"]))
-        write_atomic(source, source_operation(spec["source"]))
-    return outputs
 
 
 def _make_dataset(
@@ -408,12 +427,16 @@ def batch_spec(marker: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m opchain.run --code HASH MARKER LOG``: the command of every operation rule. A
-    plain process, not a ``script:`` job: not importing Snakemake saves each job as much as numpy
-    costs it. HASH is the operation's code hash the run was planned with."""
-    if len(argv) != 4 or argv[0] != "--code":
-        sys.exit("usage: python -m opchain.run --code HASH MARKER LOG  (step.json beside MARKER)")
-    code, marker, log_file = argv[1], Path(argv[2]), argv[3]
+    """``python -m opchain.run --code HASH --workers N MARKER LOG``: the command of every operation
+    rule. A plain process, not a ``script:`` job: not importing Snakemake saves each job as much
+    as numpy costs it. HASH is the operation's code hash the run was planned with; N datasets are
+    computed at once (the job's threads)."""
+    if len(argv) != 6 or argv[0] != "--code" or argv[2] != "--workers":
+        sys.exit(
+            "usage: python -m opchain.run --code HASH --workers N MARKER LOG  "
+            "(step.json beside MARKER)"
+        )
+    code, workers, marker, log_file = argv[1], int(argv[3]), Path(argv[4]), argv[5]
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -421,7 +444,7 @@ def main(argv: list[str]) -> None:
     try:
         spec = batch_spec(marker)
         with storage_errors(Path(spec["storage"], spec["dir"])):
-            for output in run_batch(spec, code):
+            for output in run_batch(spec, code, workers):
                 log.info("%s", output)
     except OpchainError as error:  # one line on stderr; the traceback, if any, is in the log
         message = f"opchain: {error}"

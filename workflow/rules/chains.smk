@@ -9,7 +9,7 @@ wildcard_constraints:
     b=r"\d+",
 
 
-def operation_rule(operation, resources, code):
+def operation_rule(operation, resources, code, threads):
     # A function, not the loop's body: shell commands are evaluated when a job runs, and a
     # loop's variables would by then hold the last operation's values.
     rule:
@@ -23,6 +23,7 @@ def operation_rule(operation, resources, code):
             f"logs/{operation}/{{position}}/batch_{{b}}.log",
         conda:
             "../../environment.yml"
+        threads: threads  # datasets a job computes at once (--set-threads OP=N, SLURM's CPUs)
         resources:
             **resources,
         params:
@@ -33,11 +34,11 @@ def operation_rule(operation, resources, code):
         shell:
             # The operation's code hash is part of the command: --list-changes code names the
             # batches of an operation whose code changed, and the job refuses to run other code.
-            f"{PYTHON} -m opchain.run --code {code} {{output:q}} {{log:q}}"
+            f"{PYTHON} -m opchain.run --code {code} --workers {{threads}} {{output:q}} {{log:q}}"
 
 
-for operation, (resources, code) in JOBS.rules.items():
-    operation_rule(operation, resources, code)
+for operation, (resources, code, threads) in JOBS.rules.items():
+    operation_rule(operation, resources, code, threads)
 
 
 rule gather:
