@@ -277,6 +277,9 @@ class OperationSpec:
     runs: int
     overrides: dict[str, Any]  # a chain's overridden_params, applied to every setting
     batch: int | str | None = None  # datasets per job ("auto" or N); None: the config's
+    # A combination operation's combine_across_settings: combine the upstream datasets of every
+    # setting together, not only those made with the same upstream settings.
+    across_settings: bool = False
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,8 @@ def load_operation(
     """
     doc = load_yaml(path)
     spec = _mapping(doc, (), doc.data)
-    _no_unknown_keys(doc, spec, {"type", "description", "runs", "batch", *PARAMETER_FORMS})
+    known = {"type", "description", "runs", "batch", "combine_across_settings", *PARAMETER_FORMS}
+    _no_unknown_keys(doc, spec, known)
     if "type" not in spec:
         raise doc.error((), "missing key 'type' (the operation to run)")
     try:
@@ -325,7 +329,16 @@ def load_operation(
     batch = spec.get("batch")
     if batch not in (None, "auto"):
         batch = _positive_int(doc, ("batch",), batch)
-    return OperationSpec(path, spec["type"], operation, validated, runs, overrides, batch)
+    across = spec.get("combine_across_settings", False)
+    if across is not False and (operation.combine is None or not isinstance(across, bool)):
+        raise doc.error(
+            ("combine_across_settings",),
+            "must be true or false, for an operation that combines datasets (shuffle, merge, "
+            "concatenate or a user operation declared with combine=...)",
+        )
+    return OperationSpec(
+        path, spec["type"], operation, validated, runs, overrides, batch, across is True
+    )
 
 
 @dataclass
