@@ -112,23 +112,24 @@ class Combination:
 
 
 def combination_units(
-    kind: str, names: list[str], paths: list[tuple[int, ...]], across: bool, where: Path
+    operation: OperationSpec, names: list[str], paths: list[tuple[int, ...]]
 ) -> list[Unit]:
-    """The combinations of the upstream datasets ``names`` (with their setting ``paths``): of
-    each group of the same setting path (``across``: of all), every ordered pair, every one left
-    out, or all."""
+    """The combinations ``operation`` reads of the upstream datasets ``names`` (with their
+    setting ``paths``): of each group of the same setting path (or of all, with
+    combine_across_settings), every ordered pair, every one left out, or all."""
+    kind, where = operation.operation.combine, operation.path
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, path in enumerate(paths):
-        groups.setdefault(() if across else path, []).append(i)
+        groups.setdefault(() if operation.across_settings else path, []).append(i)
     units = []
     for path, members in groups.items():
         labels = unique_names([names[i] for i in members], [paths[i] for i in members], where)
         n = len(members)
         if kind != "all" and n < 2:
+            same = "" if operation.across_settings else " made with the same upstream settings"
             raise SpecError(
-                f"{where}: {'shuffle' if kind == 'pairs' else 'merge'}-like operations combine "
-                f"the datasets of a summary ({kind}), but only 1 dataset ({labels[0]}) is there "
-                "to combine" + ("" if across else " with its upstream settings")
+                f"{where}: {operation.operation.name} combines the datasets of a summary "
+                f"({kind}) but has only 1 dataset{same} to combine ({labels[0]})"
             )
         if kind == "pairs":
             units += [
@@ -486,9 +487,7 @@ class Plan:
         if op.combine:
             names = upstream.names if upstream else source_names(sources)
             paths = upstream.paths if upstream else [()] * len(sources)
-            step.units = combination_units(
-                op.combine, names, paths, operation.across_settings, operation.path
-            )
+            step.units = combination_units(operation, names, paths)
             if upstream is None and op.check:
                 self._check_inputs(step)
         step.batch = batch_size(step.size, operation.batch or self.batch)

@@ -294,7 +294,7 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
     combination = dataset.get("combination")
     if combination is None:
         return open_reader(storage / dataset["input"])
-    return {name: open_reader(storage / path) for name, path in combination["inputs"].items()}
+    return {name: open_reader(storage / path) for name, path in members(combination).items()}
 
 
 def combination_metadata(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +304,14 @@ def combination_metadata(dataset: dict[str, Any]) -> dict[str, Any]:
     if combination is None:
         return {}
     roles = {key: combination[key] for key in ("name", "train", "test")}
-    return {"combination": roles, "inputs": combination["inputs"]}
+    return {"combination": roles, "inputs": members(combination)}
+
+
+def members(combination: dict[str, Any]) -> dict[str, str]:
+    """A combination's members' datasets, training members first (step.json sorts keys)."""
+    return {
+        name: combination["inputs"][name] for name in combination["train"] + combination["test"]
+    }
 
 
 def inputs_metadata(storage: Path, dataset: dict[str, Any]) -> str:
@@ -315,7 +322,7 @@ def inputs_metadata(storage: Path, dataset: dict[str, Any]) -> str:
     return dump_yaml(
         {
             name: yaml.safe_load(input_metadata(storage, path))
-            for name, path in combination["inputs"].items()
+            for name, path in members(combination).items()
         }
     )
 
