@@ -187,8 +187,8 @@ def test_new_and_edited_inputs_compute_only_their_combinations(tmp_path: Path) -
 def test_a_combination_job_waits_for_the_batches_of_its_members(tmp_path: Path) -> None:
     project = three_inputs(tmp_path / "project", {"basic": ["add_one.yaml", "shuffle.yaml"]})
     dry = project.snakemake("-n").stdout
-    jobs = re.findall(r"rule shuffle:\n\s+input: ([^\n]+)\n\s+output: \S+/batch_(\d+)", dry)
-    inputs = {int(b): sorted(i.split(", ")) for i, b in jobs}
+    jobs = re.findall(r"shuffle/basic/2/batch_(\d+); Input files updated by another job: (.+)", dry)
+    inputs = {int(b): sorted(i.split(", ")) for b, i in jobs}
     marker = ".opchain/jobs/add/basic/1/batch_{}".format
     assert inputs[1] == [marker(1), marker(2)]  # a_vs_b
     assert inputs[2] == [marker(1), marker(3)]  # a_vs_c
@@ -210,7 +210,8 @@ def test_bad_summaries_are_refused_with_one_line_at_planning(tmp_path: Path) -> 
     project = three_inputs(tmp_path / "project", {"basic": ["shuffle.yaml"]})
     project.edit("config/operations/shuffle.yaml", "type: shuffle\n")
     assert refused(project) == (
-        "opchain: config/operations/shuffle.yaml:1: missing parameter 'axis'"
+        "opchain: config/operations/shuffle.yaml:1: parameters: 'axis' is a required property "
+        "(operation 'shuffle')"
     )
     project.edit("config/operations/shuffle.yaml", "type: shuffle\nparameters: {axis: col}\n")
     assert refused(project) == (
@@ -218,6 +219,7 @@ def test_bad_summaries_are_refused_with_one_line_at_planning(tmp_path: Path) -> 
         "the matrix 'row,col#x' (pool along the rows of every matrix that has 'col')"
     )
     project.edit("config/operations/shuffle.yaml", "type: shuffle\nparameters: {axis: row}\n")
+    shutil.rmtree(project.storage / "inputs" / "c")
     write_matrix(project.storage / "inputs" / "c", np.zeros((4, 2)))
     assert refused(project) == (
         "opchain: config/operations/shuffle.yaml: datasets 'a' and 'c' cannot be pooled along "
