@@ -179,7 +179,9 @@ class Jobs:
                 "format": step.components["format"],
                 "forced": step.forced,
                 "batch": step.batch,
-                "inputs": [] if step.units else [step.input_of(i) for i in range(step.n_units)],
+                "inputs": []
+                if step.units is not None
+                else [step.input_of(i) for i in range(step.n_units)],
                 "settings": list(step.settings),
                 "fingerprints": step.dataset_fingerprints,
                 "source": step.source(),
