@@ -10,7 +10,8 @@ of exactly that step's batches and those after it, and Snakemake reruns them for
 which finds the old results and computes nothing. A deleted dataset makes its batch incomplete: the
 main process removes that batch's marker when it plans, and Snakemake makes it again.
 
-A job's inputs are the markers of the upstream batches it reads. A job that waits for many batches
+A job's inputs are the markers of the upstream batches it reads (for a combination step's batch,
+those holding the members of its combinations: the fan-in ``--dag`` shows). A job that waits for many batches
 (a chain's tables, a single operation's target) waits for them through ``gather`` jobs of at most
 :data:`LINE_BUDGET` characters of inputs each, so no line Snakemake prints grows with the sweep.
 
@@ -148,9 +149,10 @@ class Jobs:
         seed = f", seed {step.seed}" if step.operation.operation.random else ""
         resources = "".join(f", {k}={v}" for k, v in step.operation.operation.resources.items())
         which = f"dataset {ks.start}" if len(ks) == 1 else f"datasets {ks.start}-{ks.stop - 1}"
+        units = "combinations" if step.units is not None else "inputs"
         return (
-            f"{step.name} ({step.position}{seed}): {grid}{step.size // len(step.settings)} "
-            f"inputs, {which} of {step.size}{resources}"
+            f"{step.name} ({step.position}{seed}): {grid}{step.n_units} "
+            f"{units}, {which} of {step.size}{resources}"
         )
 
     def drop_stale_markers(self) -> None:
@@ -181,14 +183,30 @@ class Jobs:
                 "format": step.components["format"],
                 "forced": step.forced,
                 "batch": step.batch,
-                "inputs": [step.input_of(i) for i in range(step.size // len(step.settings))],
+                "inputs": []
+                if step.units is not None
+                else [step.input_of(i) for i in range(step.n_units)],
                 "settings": list(step.settings),
                 "fingerprints": step.dataset_fingerprints,
                 "source": step.source(),
             }
+            if step.units is not None:
+                spec["combinations"] = [self.combination(step, k0) for k0 in range(step.size)]
             path = Path(self.spec_file(step))
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, canonical_json(spec))
+
+    @staticmethod
+    def combination(step: Step, k0: int) -> dict[str, Any]:
+        """What dataset ``k0 + 1`` of a combination step reads: its name, its members' names by
+        role, and each member's dataset."""
+        combination = step.combination(k0)
+        return {
+            "name": combination.name,
+            "train": [name for name, _ in combination.train],
+            "test": [name for name, _ in combination.test],
+            "inputs": {name: step.input_of(i) for name, i in combination.members},
+        }
 
     def chain_spec_file(self, chain: ChainPlan) -> str:
         return f"{JOBS_DIR}/chains/{chain.spec.name}.json"

@@ -2,8 +2,8 @@
 
 PATH is a result dataset (``dataset_<k>``), a step directory (all its datasets) or a chain
 directory (its compiled chain and history). For a dataset: operation, parameters, run and seed,
-scores, datastore values, every ancestor back to the input files (one line per hop) and a summary
-of its data (axes and sizes; 1D/2D data with dtype, shape and, for sparse data, density).
+scores, datastore values, every ancestor back to the input files (one line per hop; a combination's
+every member with its own ancestors, indented below it) and a summary of its data (axes and sizes; 1D/2D data with dtype, shape and, for sparse data, density).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def describe_dataset(path: Path) -> dict[str, Any]:
             values[name] = {"url": url, "value": value_summary(store[name])}
         except OpchainError as error:  # a pickle, which show never unpickles
             values[name] = {"url": url, "value": str(error)}
-    hops = lineage(storage, metadata["input"], {})
     return {
         "kind": "dataset",
         "path": metadata["output"],
@@ -70,14 +69,36 @@ def describe_dataset(path: Path) -> dict[str, Any]:
         "datastore": values,
         "figures": metadata.get("figures") or {},
         "computed_in": metadata.get("computed_in"),
-        "lineage": [
-            {"dataset": dataset, "operation": meta["operation"], "parameters": meta["parameters"]}
-            if meta is not None
-            else {"dataset": dataset, "input": True}
-            for dataset, meta in hops
-        ],
+        "combination": metadata.get("combination"),
+        "lineage": ancestors(storage, metadata, {}),
         "data": data_summary(path),
     }
+
+
+def ancestors(storage: Path, metadata: dict[str, Any], cache: dict[str, Any]) -> list[dict]:
+    """The hops from a result's input up to the input files; a combination's hop lists the
+    lineage of each of its members under ``inputs``."""
+    if metadata.get("inputs"):  # a combination: each member's own lineage
+        return [
+            {"member": name, "lineage": hops(storage, dataset, cache)}
+            for name, dataset in metadata["inputs"].items()
+        ]
+    return hops(storage, metadata["input"], cache)
+
+
+def hops(storage: Path, dataset: str, cache: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for name, meta in lineage(storage, dataset, cache):
+        if meta is None:
+            found.append({"dataset": name, "input": True})
+            break
+        hop = {"dataset": name, "operation": meta["operation"], "parameters": meta["parameters"]}
+        found.append(hop)
+        if meta.get("inputs"):
+            hop["combination"] = meta["combination"]["name"]
+            hop["inputs"] = ancestors(storage, meta, cache)
+            break
+    return found
 
 
 def describe(path: Path) -> dict[str, Any]:
@@ -135,20 +156,34 @@ def dataset_lines(info: dict[str, Any]) -> list[str]:
         lines.append(f"  computed in {info['computed_in']} (hard-linked)")
     lines += [f"  datastore   {k}: {v['value']}" for k, v in info["datastore"].items()]
     lines += [f"  figure      {k}: {v}" for k, v in info["figures"].items()]
+    if info["combination"]:
+        combination = info["combination"]
+        roles = f"train {', '.join(combination['train'])}; test {', '.join(combination['test'])}"
+        lines.append(f"  combination {combination['name']}  ({roles})")
     lines.append("  lineage")
-    for hop in info["lineage"]:
-        if hop.get("input"):
-            lines.append(f"    <- {hop['dataset']}  (input)")
-        else:
-            lines.append(
-                f"    <- {hop['dataset']}  {hop['operation']} ({_params(hop['parameters'])})"
-            )
+    lines += lineage_lines(info["lineage"], "    ")
     data = info["data"]
     lines.append(f"  data ({data['format']})  axes: {_params(data['axes'])}")
     for name, entry in {**data["data1d"], **data["data2d"]}.items():
         shape = " x ".join(map(str, entry["shape"]))
         sparse = f", sparse, density {entry['density']:.4g}" if "density" in entry else ""
         lines.append(f"    {name}: {entry['dtype']} {shape}{sparse}")
+    return lines
+
+
+def lineage_lines(hops: list[dict[str, Any]], indent: str) -> list[str]:
+    lines = []
+    for hop in hops:
+        if "member" in hop:
+            lines.append(f"{indent}{hop['member']}:")
+            lines += lineage_lines(hop["lineage"], indent + "  ")
+        elif hop.get("input"):
+            lines.append(f"{indent}<- {hop['dataset']}  (input)")
+        else:
+            combination = f"  = {hop['combination']}" if "combination" in hop else ""
+            params = _params(hop["parameters"])
+            lines.append(f"{indent}<- {hop['dataset']}  {hop['operation']} ({params}){combination}")
+            lines += lineage_lines(hop.get("inputs", []), indent + "  ")
     return lines
 
 

@@ -10,6 +10,16 @@ directory, so a changed parameter gives a new directory and setting it back find
 dataset's own fingerprint hashes the same but for one setting and one upstream *dataset*: a grid
 point computed once is reused (hard-linked) by any later grid that contains it.
 
+A *combination* step (an operation declared with ``combine=``, e.g. shuffle) reads combinations of
+upstream datasets instead: its *units* are the combinations (every ordered pair, every one left out,
+or all) of each group of upstream datasets made with the same upstream settings (their *setting
+path*: the setting index of every step of their lineage; ``combine_across_settings`` makes one
+group). Its dataset ``k`` is unit ``u`` with setting ``j`` (``k = u * settings + j + 1``), and its
+fingerprint hashes the combination's name and its members' fingerprints by role, so a new member
+of the summary computes only the new combinations and an edited one only those containing it.
+Every dataset carries a *name* down the chain (its input dataset's, then its combination's), which
+names the members of a combination.
+
 The flow reads one way: specs (:mod:`opchain.spec`) give steps and their fingerprints (pure, from
 the specs and the inputs' fingerprints); the index (:mod:`opchain.index`) and the storage root
 (:mod:`opchain.storage`) say where each step lives and which of its datasets exist; the Snakemake
@@ -22,9 +32,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from opchain.atomic import set_durable
@@ -43,8 +55,10 @@ from opchain.storage import (
 
 __all__ = [
     "ChainPlan",
+    "Combination",
     "Plan",
     "Step",
+    "Unit",
     "batch_size",
     "canonical_json",
     "fingerprint",
@@ -75,6 +89,82 @@ def batch_size(datasets: int, setting: int | str) -> int:
     return max(1, min(MAX_BATCH, math.ceil(datasets / JOBS_PER_STEP)))
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One combination a combination step reads (once per setting)."""
+
+    members: tuple[int, ...]  # the upstream datasets (0-based; a first step: its inputs)
+    names: tuple[str, ...]  # the members' names in the combination
+    path: tuple[int, ...]  # the setting path of the members' group
+    focus: int | None = None  # leave_one_out: the member left out
+
+
+@dataclass(frozen=True)
+class Combination:
+    """What one dataset of a combination step reads: ``(name, upstream dataset)`` by role."""
+
+    name: str
+    train: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...]
+
+    @property
+    def members(self) -> tuple[tuple[str, int], ...]:
+        return self.train + self.test
+
+
+def combination_units(
+    operation: OperationSpec, names: list[str], paths: list[tuple[int, ...]]
+) -> list[Unit]:
+    """The combinations ``operation`` reads of the upstream datasets ``names`` (with their
+    setting ``paths``): of each group of the same setting path (or of all, with
+    combine_across_settings), every ordered pair, every one left out, or all."""
+    kind, where = operation.operation.combine, operation.path
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(() if operation.across_settings else path, []).append(i)
+    units = []
+    for path, members in groups.items():
+        labels = unique_names([names[i] for i in members], [paths[i] for i in members], where)
+        n = len(members)
+        if kind != "all" and n < 2:
+            same = "" if operation.across_settings else " made with the same upstream settings"
+            raise SpecError(
+                f"{where}: {operation.operation.name} combines the datasets of a summary "
+                f"({kind}) but has only 1 dataset{same} to combine ({labels[0]})"
+            )
+        if kind == "pairs":
+            units += [
+                Unit((members[x], members[y]), (labels[x], labels[y]), path)
+                for x in range(n)
+                for y in range(n)
+                if x != y
+            ]
+        elif kind == "leave_one_out":
+            units += [Unit(tuple(members), tuple(labels), path, x) for x in range(n)]
+        else:
+            units.append(Unit(tuple(members), tuple(labels), path))
+    return units
+
+
+def unique_names(names: list[str], paths: list[tuple[int, ...]], where: Path) -> list[str]:
+    """Member names, told apart by their setting path where two are the same (``a@0.1``)."""
+    if len(set(names)) == len(names):
+        return names
+    labels = [f"{n}@{'.'.join(map(str, p))}" for n, p in zip(names, paths, strict=True)]
+    if len(set(labels)) < len(labels):
+        raise SpecError(f"{where}: two datasets to combine have the same name: {names}")
+    return labels
+
+
+def source_names(sources: list[str]) -> list[str]:
+    """Input datasets' names: their paths below the folder they share, without .h5."""
+    stems = [re.sub(r"\.(h5|hdf5)$", "", s) for s in sources]
+    if len(stems) == 1:
+        return [PurePosixPath(stems[0]).name]
+    common = posixpath.commonpath(stems)
+    return [PurePosixPath(s).relative_to(common).as_posix() for s in stems]
+
+
 @dataclass(eq=False)
 class Step:
     fingerprint: str
@@ -89,6 +179,7 @@ class Step:
     dir: str = ""  # where it lives (relative to the storage root), from the index
     existing: frozenset[str] = frozenset()  # dataset_<k> names found in its directory
     forced: bool = False  # recomputed into a new directory (snakemake --forcerun / --forceall)
+    units: list[Unit] | None = None  # a combination step's combinations (None: one per input)
 
     @property
     def name(self) -> str:
@@ -104,9 +195,51 @@ class Step:
         return f"{self.upstream.dir}/dataset_{i + 1}" if self.upstream else self.sources[i]
 
     @property
+    def n_units(self) -> int:
+        """What it reads once per setting: its combinations, or its upstream (or input) datasets."""
+        if self.units is not None:
+            return len(self.units)
+        return self.upstream.size if self.upstream else len(self.sources)
+
+    @property
     def size(self) -> int:
-        n_inputs = self.upstream.size if self.upstream else len(self.sources)
-        return n_inputs * len(self.settings)
+        return self.n_units * len(self.settings)
+
+    def combination(self, k0: int) -> Combination:
+        """What dataset ``k0 + 1`` of a combination step reads, and its name."""
+        assert self.units is not None
+        unit, setting = self.units[k0 // len(self.settings)], self.settings[k0 % len(self.settings)]
+        members = tuple(zip(unit.names, unit.members, strict=True))
+        kind = self.operation.operation.combine
+        if kind == "pairs":
+            return Combination(f"{unit.names[0]}_vs_{unit.names[1]}", members[:1], members[1:])
+        if kind == "all":
+            return Combination("All", members, ())
+        assert unit.focus is not None
+        one, rest = (
+            members[unit.focus : unit.focus + 1],
+            members[: unit.focus] + members[unit.focus + 1 :],
+        )
+        if setting.get("reverse"):
+            return Combination(f"{one[0][0]}_vs_Rest", one, rest)
+        return Combination(f"Rest_vs_{one[0][0]}", rest, one)
+
+    @cached_property
+    def names(self) -> list[str]:
+        """Each dataset's name (at k - 1): its input dataset's, or its nearest combination's."""
+        if self.units is not None:
+            return [self.combination(k0).name for k0 in range(self.size)]
+        upstream = self.upstream.names if self.upstream else source_names(self.sources)
+        return [name for name in upstream for _ in self.settings]
+
+    @cached_property
+    def paths(self) -> list[tuple[int, ...]]:
+        """Each dataset's setting path (at k - 1): its setting's index at every step so far."""
+        if self.units is not None:
+            ahead = [u.path for u in self.units]
+        else:
+            ahead = self.upstream.paths if self.upstream else [()] * len(self.sources)
+        return [(*path, j) for path in ahead for j in range(len(self.settings))]
 
     @property
     def batches(self) -> int:
@@ -125,14 +258,17 @@ class Step:
             if any(f"dataset_{k}" not in self.existing for k in self.batch_range(b))
         ]
 
-    def upstream_batches(self, b: int) -> range:
-        """The upstream batches that batch b reads from (empty for a first step)."""
+    def upstream_batches(self, b: int) -> list[int]:
+        """The upstream batches that batch b reads from (none for a first step)."""
         up = self.upstream
         if up is None:
-            return range(0)
+            return []
         k = self.batch_range(b)
         first, last = (k.start - 1) // len(self.settings), (k.stop - 2) // len(self.settings)
-        return range(first // up.batch + 1, last // up.batch + 2)
+        if self.units is None:
+            return list(range(first // up.batch + 1, last // up.batch + 2))
+        read = {i for unit in self.units[first : last + 1] for i in unit.members}
+        return sorted({i // up.batch + 1 for i in read})
 
     @cached_property
     def _point(self) -> dict[str, Any]:
@@ -143,11 +279,24 @@ class Step:
         """What each dataset k (at k - 1) is a pure function of: one setting applied to one
         upstream dataset."""
         upstream = self.upstream.dataset_fingerprints if self.upstream else self.input_fingerprints
-        return [
-            fingerprint({**self._point, "setting": setting, "upstream": source})
-            for source in upstream
-            for setting in self.settings
-        ]
+        if self.units is None:
+            return [
+                fingerprint({**self._point, "setting": setting, "upstream": source})
+                for source in upstream
+                for setting in self.settings
+            ]
+        fingerprints = []
+        for k0 in range(self.size):
+            combination = self.combination(k0)
+            roles = {
+                role: [[name, upstream[i]] for name, i in getattr(combination, role)]
+                for role in ("train", "test")
+            }
+            setting = self.settings[k0 % len(self.settings)]
+            fingerprints.append(
+                fingerprint({**self._point, "setting": setting, combination.name: roles})
+            )
+        return fingerprints
 
     def source(self) -> dict[str, Any]:
         """What the step's source_operation.yaml records: the operation as it runs."""
@@ -272,7 +421,17 @@ class Plan:
     ) -> None:
         """Refuse a plan too large to build before building it (a typo like runs: 1000000000)."""
         grids = [len(op.settings) for op in operations]
-        total = runs * inputs * sum(math.prod(grids[: n + 1]) for n in range(len(grids)))
+        total, groups, per_group = 0, 1, inputs  # datasets of each step, by setting path
+        for op in operations:
+            if op.operation.combine:
+                groups, per_group = (
+                    (1, groups * per_group) if op.across_settings else (groups, per_group)
+                )
+                per_group = {"pairs": per_group * (per_group - 1), "all": 1}.get(
+                    op.operation.combine, per_group
+                )
+            groups *= len(op.settings)
+            total += runs * groups * per_group
         if total > self.max_datasets:
             raise SpecError(
                 f"{where}: the plan has {total:,} result datasets ({key}: {runs}, {inputs} input "
@@ -319,25 +478,41 @@ class Plan:
             "format": self.dataset_format,
             "results": parent.split("/", 1)[0],
         }
+        if operation.across_settings:
+            components["across_settings"] = True
         key = fingerprint(components)
         if key in self.steps:  # a deterministic step shared by several runs or chains
             return self.steps[key]
-        n_inputs = upstream.size if upstream else len(sources)
-        step = Step(
-            key,
-            components,
-            operation,
-            seed,
-            sources,
-            upstream,
-            input_fingerprints,
-            position,
-            batch_size(n_inputs * len(operation.settings), operation.batch or self.batch),
-        )
+        step = Step(key, components, operation, seed, sources, upstream, input_fingerprints,
+                    position, 0)  # fmt: skip
+        if op.combine:
+            names = upstream.names if upstream else source_names(sources)
+            paths = upstream.paths if upstream else [()] * len(sources)
+            step.units = combination_units(operation, names, paths)
+            if upstream is None and op.check_members:
+                self._check_inputs(step)
+        step.batch = batch_size(step.size, operation.batch or self.batch)
         step.dir = self._directory("steps", key, parent, {"components": components})
         step.existing = existing_datasets(self.storage / step.dir)
         self.steps[key] = step
         return step
+
+    def _check_inputs(self, step: Step) -> None:
+        """A first step's combination operation looks at its input datasets before anything
+        runs (can they be combined?): a mistake is one line naming the operation file."""
+        from opchain.daf import open_reader
+        from opchain.errors import OpchainError
+
+        assert step.units is not None and step.operation.operation.check_members is not None
+        members = {
+            n: i for unit in step.units for n, i in zip(unit.names, unit.members, strict=True)
+        }
+        readers = {name: open_reader(self.storage / step.sources[i]) for name, i in members.items()}
+        for setting in step.settings:
+            try:
+                step.operation.operation.check_members(readers, setting)
+            except OpchainError as error:
+                raise SpecError(f"{step.operation.path}: {error}") from None
 
     def _input_fingerprint(self, dataset: str) -> str:
         if dataset not in self._input_fingerprints:

@@ -173,7 +173,7 @@ def _make_dataset(
             scores = metadata["results"]
             step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         (temporary / "input_metadata.yaml").write_text(
-            input_metadata(storage, dataset["input"]), encoding="utf-8"
+            inputs_metadata(storage, dataset), encoding="utf-8"
         )
         files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
         text = verify.sealed(dump_yaml(metadata), files)
@@ -210,15 +210,24 @@ def _compute(
     storage = Path(spec["storage"])
     started = now()
     meter.start()
-    data = open_reader(storage / dataset["input"])
-    verify.record_input(storage, dataset["input"])
+    data = open_inputs(storage, dataset)
+    for path in dataset_inputs(dataset):
+        verify.record_input(storage, path)
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
         writer = H5Writer(temporary / H5_FILE, atomic=False)
     else:
         writer = FilesWriter(temporary, overwrite=True, atomic=False)
-    context = Context(writer, DataStore(), step_log, spec["seed"], operation.random)
+    combination = combination_metadata(dataset)
+    context = Context(
+        writer,
+        DataStore(),
+        step_log,
+        spec["seed"],
+        operation.random,
+        combination.get("combination"),
+    )
     operation.function(data, dict(dataset["parameters"]), context)
     writer.close()
     # The values are written aside; their URLs name where the directory will be.
@@ -243,6 +252,7 @@ def _compute(
         "fingerprint": spec["fingerprint"],
         "dataset_fingerprint": dataset["fingerprint"],
         "input": dataset["input"],
+        **combination,
         "output": output.relative_to(storage).as_posix(),
         "format": spec["format"],
         "results": _plain(context.results),
@@ -284,6 +294,7 @@ def _link_result(
         "run": spec["seed"],
         "fingerprint": spec["fingerprint"],
         "input": dataset["input"],
+        **combination_metadata(dataset),  # its members' datasets here
         "output": new,
         "computed_in": metadata.get("computed_in", old),
         **{
@@ -313,6 +324,51 @@ def input_metadata(storage: Path, dataset: str) -> str:
     if own.is_file():
         return own.read_text(encoding="utf-8")
     return dump_yaml({**open_reader(path).description(), "path": dataset})
+
+
+def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
+    """What the operation reads: a reader of its input or, for a combination, one per member
+    (training members first)."""
+    combination = dataset.get("combination")
+    if combination is None:
+        return open_reader(storage / dataset["input"])
+    return {name: open_reader(storage / path) for name, path in members(combination).items()}
+
+
+def dataset_inputs(dataset: dict[str, Any]) -> list[str]:
+    """The datasets a result reads: its input, or every member of its combination."""
+    combination = dataset.get("combination")
+    return list(members(combination).values()) if combination else [dataset["input"]]
+
+
+def combination_metadata(dataset: dict[str, Any]) -> dict[str, Any]:
+    """A combination's entries in its result's metadata.yaml: ``combination`` (its name, train
+    and test members) and ``inputs`` (each member's dataset); none for other results."""
+    combination = dataset.get("combination")
+    if combination is None:
+        return {}
+    roles = {key: combination[key] for key in ("name", "train", "test")}
+    return {"combination": roles, "inputs": members(combination)}
+
+
+def members(combination: dict[str, Any]) -> dict[str, str]:
+    """A combination's members' datasets, training members first (step.json sorts keys)."""
+    return {
+        name: combination["inputs"][name] for name in combination["train"] + combination["test"]
+    }
+
+
+def inputs_metadata(storage: Path, dataset: dict[str, Any]) -> str:
+    """input_metadata.yaml: the input's metadata, or for a combination each member's by name."""
+    combination = dataset.get("combination")
+    if combination is None:
+        return input_metadata(storage, dataset["input"])
+    return dump_yaml(
+        {
+            name: yaml.safe_load(input_metadata(storage, path))
+            for name, path in members(combination).items()
+        }
+    )
 
 
 def source_operation(source: dict[str, Any]) -> str:
@@ -417,13 +473,23 @@ def batch_spec(marker: Path) -> dict[str, Any]:
     spec["datasets"] = [
         {
             "k": k,
-            "input": spec["inputs"][(k - 1) // len(settings)],
             "parameters": settings[(k - 1) % len(settings)],
             "fingerprint": spec["fingerprints"][k - 1],
+            **_reads(spec, k, len(settings)),
         }
         for k in range((b - 1) * batch + 1, last + 1)
     ]
     return spec
+
+
+def _reads(spec: dict[str, Any], k: int, settings: int) -> dict[str, Any]:
+    """Dataset k's ``input`` (for a combination: its first test member, else its first, which
+    lineage follows) and its ``combination``."""
+    if "combinations" not in spec:
+        return {"input": spec["inputs"][(k - 1) // settings]}
+    combination = spec["combinations"][k - 1]
+    first = (combination["test"] or combination["train"])[0]
+    return {"input": combination["inputs"][first], "combination": combination}
 
 
 def main(argv: list[str]) -> None:

@@ -41,7 +41,7 @@ PARAMETER_FORMS = ("parameters", "parameter_ranges", "parameter_settings")
 SPELLINGS = {"parameter_setting": "parameter_settings"}  # pySPACE's spelling, read alike
 SETTINGS_FORMS = (*PARAMETER_FORMS, *SPELLINGS)
 OPERATION_KEYS = {"type", "description", "runs", "batch", "constraints", "upstream_constraints",
-                  *SETTINGS_FORMS}  # fmt: skip
+                  "combine_across_settings", *SETTINGS_FORMS}  # fmt: skip
 CONFIG_SCHEMA = WORKFLOW / "workflow" / "schemas" / "config.schema.yaml"
 # A grid is refused before it is built: its settings are made in memory, and each is a dataset.
 MAX_SETTINGS = 1_000_000
@@ -306,6 +306,9 @@ class OperationSpec:
     # Constraints on the parameters of earlier steps (``pca.components``): applied per upstream
     # dataset by the planner, with admitted().
     upstream_constraints: tuple[PlacedConstraint, ...] = ()
+    # A combination operation's combine_across_settings: combine the upstream datasets of every
+    # setting together, not only those made with the same upstream settings.
+    across_settings: bool = False
 
     def admitted(self, upstream: Mapping[str, Any]) -> list[int]:
         """The indices of the settings the upstream constraints admit on a dataset whose lineage
@@ -419,6 +422,13 @@ def load_operation(
     if batch not in (None, "auto"):
         batch = _positive_int(source, ("batch",), batch)
     upstream = _constraints(source, "upstream_constraints", operation)
+    across = source.values.get("combine_across_settings", False)
+    if across is not False and (operation.combine is None or not isinstance(across, bool)):
+        raise source.error(
+            ("combine_across_settings",),
+            "must be true or false, for an operation that combines datasets (shuffle, merge, "
+            "concatenate or a user operation declared with combine=...)",
+        )
     return OperationSpec(
         path,
         source.values["type"],
@@ -429,6 +439,7 @@ def load_operation(
         batch,
         len(validated) - len(kept),
         tuple(upstream),
+        across is True,
     )
 
 

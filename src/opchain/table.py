@@ -5,7 +5,8 @@ step_dir, dataset``, then ``param.<name>`` for the row's own resolved parameters
 ``param.<operation>.<name>`` for those of every earlier step of its lineage (so a score can be
 compared against any parameter that shaped it: ``param.pca.components`` on a nearest_centroid row),
 ``score.<name>`` per entry of the metadata's ``results``, and ``start, seconds, host``. ``input`` is
-the original input dataset the row descends from. ``summarize`` groups the rows by step, operation,
+the original input dataset the row descends from or, below a combination (shuffle's ``a_vs_b``),
+the nearest combination's name. ``summarize`` groups the rows by step, operation,
 parameters and input and aggregates every score over the runs.
 """
 
@@ -63,7 +64,8 @@ def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = No
 
 
 def lineage(storage: Path, dataset: str, cache: dict[str, Any]) -> list[tuple[str, Any]]:
-    """``[(dataset, metadata), ...]`` from ``dataset`` up to its original input (metadata None)."""
+    """``[(dataset, metadata), ...]`` from ``dataset`` up to its original input (metadata None),
+    through the first test member (else the first member) of a combination."""
     hops = []
     while True:
         metadata = read_metadata(storage, dataset, cache)
@@ -102,7 +104,9 @@ def _row(chain: str, run: int, step: int, dataset: str, hops: list[tuple[str, An
         "seed": metadata.get("seed"),
         "step": step,
         "operation": metadata["operation"],
-        "input": hops[-1][0],
+        "input": next(
+            (m["combination"]["name"] for _, m in hops[:-1] if "combination" in m), hops[-1][0]
+        ),
         "step_dir": dataset.rsplit("/", 1)[0],
         "dataset": dataset.rsplit("/", 1)[1],
     }

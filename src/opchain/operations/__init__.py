@@ -4,6 +4,9 @@ An operation is a Python function ``fn(data, params, ctx)`` registered by name w
 its parameters, a version and whether it is random. ``data`` is a daf reader over one input dataset,
 ``params`` the validated parameters (defaults filled in), and ``ctx`` a :class:`Context` giving the
 output writer, the seed and random generator (random operations only), the datastore and a logger.
+A *combination* operation (``combine=`` one of :data:`COMBINATIONS`) works on the datasets of a
+summary instead: ``data`` maps each member of one combination to its reader (training members
+first), and ``ctx.combination`` names the combination and its ``train`` and ``test`` members.
 User operations are named ``module:function`` in a spec; the function must be decorated with
 :func:`operation`.
 """
@@ -23,20 +26,39 @@ import numpy as np
 
 from opchain.errors import SpecError
 
-__all__ = ["Context", "Operation", "get_operation", "operation", "registered_operations"]
+__all__ = [
+    "COMBINATIONS",
+    "Context",
+    "Operation",
+    "get_operation",
+    "operation",
+    "registered_operations",
+]
+
+# How a combination operation combines the datasets of a summary (see opchain.plan.combinations):
+# every ordered pair X_vs_Y, every Rest_vs_X (X_vs_Rest with a true `reverse` parameter), or all.
+COMBINATIONS = ("pairs", "leave_one_out", "all")
 
 
 class Context:
     """What an operation gets besides its input and parameters."""
 
     def __init__(
-        self, output: Any, datastore: Any, log: logging.Logger, seed: int | None, random: bool
+        self,
+        output: Any,
+        datastore: Any,
+        log: logging.Logger,
+        seed: int | None,
+        random: bool,
+        combination: dict[str, Any] | None = None,
     ) -> None:
         self.output = output  # a daf Writer for the result dataset
         self.datastore = datastore  # an opchain.datastore.DataStore, saved beside the dataset
         self.log = log
         self.seed = seed  # the run index (of the nearest random step, for deterministic ones)
         self.random = random
+        # A combination operation's: {"name": "a_vs_b", "train": ["a"], "test": ["b"]}.
+        self.combination = combination
         self.results: dict[str, Any] = {}  # scalar scores, kept in metadata.yaml
         # name -> matplotlib Figure (opchain.report.new_figure), saved as PNG beside the datastore
         self.figures: dict[str, Any] = {}
@@ -64,6 +86,10 @@ class Operation:
     version: str
     resources: dict[str, int]  # cluster resources (mem_mb, runtime, cpus_per_task) it asks for
     check: ParameterCheck | None = None  # what the schema cannot say: checks across parameters
+    combine: str | None = None  # one of COMBINATIONS for an operation over a summary
+    # Called by the planner on the input datasets a first step combines ({name: reader}, one
+    # setting): raises OpchainError for members it cannot combine, before anything runs.
+    check_members: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
     @cached_property
     def validator(self) -> Any:  # a jsonschema validator
@@ -103,6 +129,8 @@ def operation(
     version: str = "1",
     resources: dict[str, int] | None = None,
     check: ParameterCheck | None = None,
+    combine: str | None = None,
+    check_members: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> Callable[[OperationFunction], OperationFunction]:
     """Register ``fn`` as operation ``name`` (for user modules: declare it, it is found by path).
 
@@ -113,13 +141,29 @@ def operation(
     ``check(params)`` judges what the JSON schema cannot, relations between parameters: it gets
     each setting (valid by the schema, defaults filled in) when the plan is made and returns None,
     or ``(parameter, problem)``, which refuses the plan with one line at that parameter's place.
+    ``combine`` makes it an operation over the datasets of a summary: ``"pairs"`` (a result per
+    ordered pair, ``X_vs_Y``: train on X, test on Y), ``"leave_one_out"`` (``Rest_vs_X``; with a
+    true ``reverse`` parameter ``X_vs_Rest``) or ``"all"`` (one result of every dataset).
+    ``check_members(members, params)`` (operations over a summary) gets the input datasets a first
+    step combines, as readers by name, and raises OpchainError for members it cannot combine.
     """
+    if combine not in (None, *COMBINATIONS):
+        raise ValueError(f"operation {name!r}: combine must be one of {COMBINATIONS}")
     if required is None:
         required = tuple(key for key, schema in parameters.items() if "default" not in schema)
 
     def register(fn: OperationFunction) -> OperationFunction:
         op = Operation(
-            name, fn, parameters, tuple(required), random, version, resources or {}, check
+            name,
+            fn,
+            parameters,
+            tuple(required),
+            random,
+            version,
+            resources or {},
+            check,
+            combine,
+            check_members,
         )
         fn.__opchain_operation__ = op  # type: ignore[attr-defined]
         if fn.__module__.startswith("opchain."):
@@ -188,4 +232,4 @@ def _relative(filename: str) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else filename
 
 
-from opchain.operations import builtin, reshape  # noqa: E402, F401  (registers the built-ins)
+from opchain.operations import builtin, pooling, reshape  # noqa: E402, F401  (the built-ins)

@@ -55,3 +55,18 @@ def flaky(data, params, ctx):
         raise RuntimeError("the first attempt fails")
     copy_axes(data, ctx.output)
     ctx.output.set_data2d("row,col#x", np.asarray(data.get_data2d("row,col#x")))
+
+
+@operation("transfer", combine="pairs", parameters={})
+def transfer(data, params, ctx):
+    """Train on X, evaluate on Y without pooling: the distance between their mean rows. Records
+    each call (its combination's name) in $CALLS_FILE, so tests count computations."""
+    calls = os.environ.get("CALLS_FILE")
+    if calls:
+        with open(calls, "a") as log:
+            log.write(ctx.combination["name"] + "\n")
+    (train,), (test,) = ctx.combination["train"], ctx.combination["test"]
+    means = {name: np.asarray(data[name].get_data2d("row,col#x")).mean(axis=0) for name in data}
+    copy_axes(data[test], ctx.output)
+    ctx.output.set_data2d("row,col#x", np.asarray(data[test].get_data2d("row,col#x")))
+    ctx.results["distance"] = float(np.linalg.norm(means[train] - means[test]))
