@@ -109,15 +109,20 @@ def group_sums(matrix: Any, groups: np.ndarray, n_groups: int) -> tuple[np.ndarr
     return sums, np.bincount(groups[groups >= 0], minlength=n_groups)
 
 
-def nearest(matrix: Any, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest centroid and squared distance to it, a block at a time (a block's
-    rows x centroids x columns differences stay within BLOCK_BYTES)."""
+def squared_distances(matrix: Any, centers: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Each row block and its rows' squared distances to each of ``centers`` (a block's
+    rows x centers x columns differences stay within BLOCK_BYTES)."""
     n_rows, n_columns = matrix.shape
-    assignment = np.zeros(n_rows, np.int64)
-    distance = np.zeros(n_rows)
-    for rows in row_blocks(n_rows, n_columns * len(centroids)):
+    for rows in row_blocks(n_rows, n_columns * len(centers)):
         block = dense_rows(matrix, rows).astype(np.float64)
-        squares = ((block[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+        yield rows, ((block[:, None, :] - centers[None]) ** 2).sum(axis=2)
+
+
+def nearest(matrix: Any, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centroid and squared distance to it, a block at a time."""
+    assignment = np.zeros(matrix.shape[0], np.int64)
+    distance = np.zeros(matrix.shape[0])
+    for rows, squares in squared_distances(matrix, centroids):
         assignment[rows] = squares.argmin(axis=1)
         distance[rows] = squares.min(axis=1)
     return assignment, distance
@@ -647,6 +652,43 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
                        xlabel="predicted", ylabel="true")  # fmt: skip
 
 
+def kmeans_plus_plus(matrix: Any, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k centers by greedy k-means++ (Arthur and Vassilvitskii 2007, as scikit-learn seeds): a
+    random row, then each next center the best of 2 + log k rows drawn with probability
+    proportional to their squared distance to the nearest center so far (the one that lowers the
+    sum of those distances most). Two passes over the rows per center, O(rows) memory."""
+    n_rows = matrix.shape[0]
+    trials = 2 + int(np.log(k))
+    centers = [dense_rows(matrix, np.array([rng.integers(n_rows)]))[0].astype(np.float64)]
+    _, closest = nearest(matrix, centers[0][None])
+    for _ in range(1, k):
+        cumulative = np.cumsum(closest)
+        drawn = np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right")
+        candidates = dense_rows(matrix, np.minimum(drawn, n_rows - 1)).astype(np.float64)
+        potentials = np.zeros(trials)
+        for rows, squares in squared_distances(matrix, candidates):
+            potentials += np.minimum(closest[rows, None], squares).sum(axis=0)
+        centers.append(candidates[potentials.argmin()])
+        np.minimum(closest, nearest(matrix, centers[-1][None])[1], out=closest)
+    return np.stack(centers)
+
+
+def lloyd(
+    matrix: Any, centroids: np.ndarray, iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lloyd's algorithm from ``centroids``, until they stop moving or after ``iterations``:
+    the centroids, each row's cluster and its squared distance to its centroid."""
+    k = len(centroids)
+    for _ in range(iterations):
+        assignment, distance = nearest(matrix, centroids)
+        sums, counts = group_sums(matrix, assignment, k)
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+        if np.array_equal(moved, centroids):
+            return centroids, assignment, distance
+        centroids = moved
+    return centroids, *nearest(matrix, centroids)  # not converged: the last centroids' clusters
+
+
 @operation(
     "kmeans",
     random=True,
@@ -654,28 +696,45 @@ def nearest_centroid(data: Any, params: dict[str, Any], ctx: Context) -> None:
         "matrix": MATRIX,
         "clusters": {"type": "integer", "minimum": 1, "default": 8},
         "iterations": {"type": "integer", "minimum": 1, "default": 50},
+        "init": {
+            "enum": ["k-means++", "random"],
+            "default": "k-means++",
+            "description": "the starting centroids: greedy k-means++ (as scikit-learn), or "
+            "distinct random rows",
+        },
+        "n_init": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 10,
+            "description": "the number of starts; the clustering of least inertia is kept",
+        },
     },
 )
 def kmeans(data: Any, params: dict[str, Any], ctx: Context) -> None:
-    """Lloyd's k-means from random rows; stores ``rows#cluster`` and the inertia as its score."""
+    """Lloyd's k-means from ``n_init`` starts, the best kept; stores ``rows#cluster`` and the
+    inertia as its score."""
     name, k = params["matrix"], params["clusters"]
     rows_axis, _, _ = split_matrix_name(name)
     matrix = data.get_data2d(name)
     if matrix.shape[0] < k:
         raise OpchainError(f"kmeans: clusters {k} exceeds the {matrix.shape[0]} rows of {name}")
-    assert ctx.rng is not None
-    start = ctx.rng.choice(matrix.shape[0], size=k, replace=False)
-    centroids = dense_rows(matrix, start).astype(np.float64)
-    for _ in range(params["iterations"]):
-        assignment, distance = nearest(matrix, centroids)
-        sums, counts = group_sums(matrix, assignment, k)
-        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
-        if np.array_equal(moved, centroids):
-            break
-        centroids = moved
-    else:  # not converged: the assignment to the last centroids
-        assignment, distance = nearest(matrix, centroids)
-    inertia = float(distance.sum())
+    rng = ctx.rng
+    assert rng is not None
+
+    def clustered() -> tuple[float, np.ndarray, np.ndarray]:
+        if params["init"] == "k-means++":
+            start = kmeans_plus_plus(matrix, k, rng)
+        else:
+            start = dense_rows(matrix, rng.choice(matrix.shape[0], size=k, replace=False))
+        centroids, assignment, distance = lloyd(
+            matrix, start.astype(np.float64), params["iterations"]
+        )
+        return float(distance.sum()), centroids, assignment
+
+    # min keeps the first of equal inertias, and only the best start's arrays
+    inertia, centroids, assignment = min(
+        (clustered() for _ in range(params["n_init"])), key=lambda run: run[0]
+    )
     carry(data, ctx.output)
     ctx.output.set_data1d(f"{rows_axis}#cluster", assignment.astype(np.int32))
     ctx.results["inertia"] = inertia
