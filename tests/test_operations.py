@@ -629,6 +629,15 @@ def test_convert_changes_dtype_and_layout(tmp_path: Path) -> None:
     assert d.dtype == np.int32 and np.array_equal(d, X.astype(np.int32))
     kept, _ = apply("convert", back, {"matrix": "cell,gene#X", "dtype": "float64"})
     assert sp.issparse(kept.get_data2d("cell,gene#X"))
+    for i, matrix in enumerate((sp.csr_matrix(X / 2), X / 2, X)):  # as astype converts
+        source = dataset(tmp_path / f"cast{i}", matrix)
+        out, _ = apply("convert", source, {"matrix": "cell,gene#X", "dtype": "int16"})
+        found = out.get_data2d("cell,gene#X")
+        assert found.dtype == np.int16 and sp.issparse(found) == sp.issparse(matrix)
+        values = found.toarray() if sp.issparse(found) else np.asarray(found)
+        np.testing.assert_array_equal(values, (X if i == 2 else X / 2).astype(np.int16))
+    same, _ = apply("convert", source, {"matrix": "cell,gene#X"})  # float32 as it is
+    np.testing.assert_array_equal(same.get_data2d("cell,gene#X"), X)
     for rows in (0, 1):
         small, _ = apply(
             "convert",

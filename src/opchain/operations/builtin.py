@@ -25,7 +25,7 @@ from opchain.report import new_figure
 BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB keep memory flat whatever the matrix size
 #: The arithmetic of a block goes a piece of about this many values at a time, so that its
 #: temporaries stay in the CPU's cache (a pass over 64 MiB costs several times a pass in cache).
-PIECE_VALUES = 1 << 15
+PIECE_VALUES = 1 << 16
 
 MATRIX = {
     "type": "string",
