@@ -46,7 +46,9 @@ without its sidecar is ignored (writers write the data first and the sidecar las
 without its data, data whose axis file is missing, or a name stored both as strings and as binary
 is refused when the dataset is opened; corrupt content (malformed YAML or CSV, unknown dtype,
 truncated files, shapes that don't match the axes, an invalid CSR structure) when the data is
-read.
+read. The checks that read a whole file (an axis's entries, a string vector listing its axis, a
+CSR structure) are recorded on the file when they pass and skipped while it is unchanged (see
+:mod:`opchain.daf.trust`).
 
 Compared with the HDF5 store: every binary datum is its own memory-mappable file (one file
 descriptor per mapped datum), plain tools (``ls``, ``make``, ``numpy.fromfile``) work on it, and
