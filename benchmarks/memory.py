@@ -6,19 +6,21 @@ Generates, once, on disk (streamed, so generating needs no more memory than runn
 float32 matrix of ``--dense-gib`` GiB (``cell,gene#X``, 4,096 columns) and a CSR matrix with
 ``--nnz`` non-zeros (``cell,gene#UMIs``, 30,000 columns, ~100 non-zeros a row, float32 counts,
 and a string property of every row, ``cell#batch``, that each step carries).
-Runs the chains normalize -> log1p -> standardize (dense) and normalize -> log1p (sparse) through
-``snakemake``, and prints per step the peak anonymous memory (``RssAnon``, sampled every 20 ms in
-the job, as ``metadata.yaml`` records it) and the throughput (input bytes / wall seconds of the
-dataset), against numpy/scipy doing the same step's math in memory on 1 GiB (the in-memory
-peer's throughput, each step timed alone), against the same numpy/scipy as a script run on files
-(load the previous step's .npy / uncompressed .npz, compute, save: what a numpy user's step
-costs), and against the floor of any step that keeps its result: reading the input's values and
-writing as many bytes to a new file beside them (no arithmetic, no axes), all measured in the
-same run. A second table runs the other built-ins on the same inputs,
-each against its in-memory peer: filter (half the batches), subsample (half the rows) and
-aggregate (by batch) of the sparse matrix; pca (randomized, 10 components) then kmeans (8
-clusters, 10 iterations) of the dense one. Targets: < 1 GiB anonymous memory per step at any size;
-throughput within 1.5x of the in-memory peer. ``--small``: 1/64 of the sizes.
+Runs the chains normalize -> log1p -> standardize (dense) and normalize -> log1p (sparse), and
+convert to float64 of each input, through ``snakemake``, and prints per step the peak anonymous
+memory (``RssAnon``, sampled every 20 ms in the job, as ``metadata.yaml`` records it) and the
+throughput (input bytes / wall seconds of the dataset), against the step's write floor: reading
+the input's values and writing as many bytes as the step writes to a new file beside them (no
+arithmetic, no axes; the best of three), measured right before the step; against numpy/scipy doing
+the same step's math in memory on 1 GiB (the in-memory peer's throughput, each step timed alone);
+and against the same numpy/scipy as a script run on files (load the previous step's .npy /
+uncompressed .npz, compute, save: what a numpy user's step costs), all in the same run. A second
+table runs the other built-ins on the same inputs, each against its in-memory peer: filter (half
+the batches), subsample (half the rows) and aggregate (by batch) of the sparse matrix; pca
+(randomized, 10 components) then kmeans (8 clusters, 10 iterations of Lloyd's algorithm from
+random rows, one start, as the peer) of the dense one. Targets: < 1 GiB anonymous memory per step
+at any size; every streaming step within 1.5x of its write floor and faster than numpy on files.
+``--small``: 1/64 of the sizes; ``--streaming-only``: the first table only.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def peer_dense(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
             np.float32
         )
 
-    steps = {"normalize": normalize, "log1p": np.log1p, "standardize": standardize}
+    steps = {"normalize": normalize, "log1p": np.log1p, "standardize": standardize,
+             "convert": lambda y: y.astype(np.float64)}  # fmt: skip
 
     def save(path: Path, y: np.ndarray) -> None:
         np.save(path.with_suffix(".npy"), y)
@@ -157,7 +160,8 @@ def peer_sparse(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
     def load(path: Path) -> Any:
         return sp.load_npz(path.with_suffix(".npz"))
 
-    return rates({"normalize": normalize, "log1p": log1p}, m.nnz * 8, m, (save, load, folder))
+    steps = {"normalize": normalize, "log1p": log1p, "convert": lambda n: n.astype(np.float64)}
+    return rates(steps, m.nnz * 8, m, (save, load, folder))
 
 
 def sparse_in_memory() -> tuple[Any, np.ndarray]:
@@ -220,24 +224,52 @@ def peer_others() -> dict[str, float]:
     return found
 
 
-def floor_seconds(values: Path, scratch: Path) -> float:
-    """Seconds to read the file ``values`` and write its bytes to the new file ``scratch`` (the
-    best of three: a floor)."""
+def floor_seconds(values: Path, scratch: Path, widening: int = 1) -> float:
+    """Seconds to read the file ``values`` and write ``widening`` times its bytes to the new file
+    ``scratch`` (the best of three: a floor)."""
     buffer = bytearray(64 << 20)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         with open(values, "rb", buffering=0) as source, open(scratch, "wb", buffering=0) as out:
             while count := source.readinto(buffer):
-                out.write(memoryview(buffer)[:count])
+                for _ in range(widening):
+                    out.write(memoryview(buffer)[:count])
         best = min(best, time.perf_counter() - start)
         scratch.unlink()
     return best
 
 
-def run_chain(root: Path, summary: str, steps: list[tuple[str, str]]) -> list[dict]:
+FLOOR_TARGET = 1.5
+
+
+def floor_of(root: Path, kind: str, matrix: str) -> Any:
+    """A function of an operation giving its write floor in seconds, measured when called: the
+    input's values file read, and as many bytes written as the step writes."""
+    values = root / "storage" / kind / "x" / f"{matrix}.{'array' if kind == 'dense' else 'data'}"
+    return lambda op: floor_seconds(values, root / "floor", 2 if op == "convert" else 1)
+
+
+def row(kind: str, meta: dict, size: int, peers: Any) -> str:
+    """A line of the first table: the step of ``meta`` on ``size`` input bytes."""
+    cost = meta["cost"]
+    rate = size / 2**20 / cost["wall_seconds"]
+    floor = size / 2**20 / meta["floor_seconds"]
+    ratio = floor / rate
+    mark = "" if ratio <= FLOOR_TARGET else " *"
+    peer, script = (found[meta["operation"]] for found in peers)
+    return (f"| {kind} | {meta['operation']} | {cost['peak_anon_mb']:.0f} | "
+            f"{cost['wall_seconds']:.1f} | {rate:.0f} | {floor:.0f} | {ratio:.2f}{mark} | "
+            f"{peer:.0f} | {peer / rate:.2f} | {script:.0f} | {script / rate:.2f} |")  # fmt: skip
+
+
+def run_chain(
+    root: Path, summary: str, steps: list[tuple[str, str]], floor: Any = None
+) -> list[dict]:
     """Run the chain of ``steps`` (operation, parameters in YAML flow style) on the summary
-    ``summary`` through snakemake; each step's ``metadata.yaml``."""
+    ``summary`` through snakemake; each step's ``metadata.yaml``. With ``floor``, the chain
+    grows a step at a time (the steps before are reused), each step's write floor measured right
+    before it (in the same state of the page cache), as ``floor_seconds`` in its metadata."""
     project = Project(root / f"project-{summary}-{steps[0][0]}")
     (project.root / "config" / "operations").mkdir(parents=True)
     (project.root / "config" / "chains").mkdir(parents=True)
@@ -245,21 +277,26 @@ def run_chain(root: Path, summary: str, steps: list[tuple[str, str]]) -> list[di
         (project.root / "config" / "operations" / f"{op}.yaml").write_text(
             f"type: {op}\nparameters: {{{params}}}\n"
         )
-    names = ", ".join(f"{op}.yaml" for op, _ in steps)
-    (project.root / "config" / "chains" / "c.yaml").write_text(
-        f"input_path: {summary}\noperations: [{names}]\n"
-    )
     (project.root / "config" / "config.yaml").write_text(
         f"storage: {root / 'storage'}\nchains: [config/chains/c.yaml]\n"
     )
-    project.snakemake("--cores", "1", "--omit-from", "chain_report")
+    floors = []
+    for end in range(1, len(steps) + 1) if floor is not None else [len(steps)]:
+        names = ", ".join(f"{op}.yaml" for op, _ in steps[:end])
+        (project.root / "config" / "chains" / "c.yaml").write_text(
+            f"input_path: {summary}\noperations: [{names}]\n"
+        )
+        floors.append(floor(steps[end - 1][0]) if floor is not None else None)
+        project.snakemake("--cores", "1", "--omit-from", "chain_report")
     manifest = yaml.safe_load(
         next(root.glob("storage/operation_chain_results/*/chain.yaml")).read_text()
     )
     metas = []
-    for step in manifest["runs"][0]["steps"]:
-        meta = root / "storage" / step["dir"] / "dataset_1" / "metadata.yaml"
-        metas.append(yaml.safe_load(meta.read_text()))
+    for i, step in enumerate(manifest["runs"][0]["steps"]):
+        meta = yaml.safe_load(
+            (root / "storage" / step["dir"] / "dataset_1" / "metadata.yaml").read_text()
+        )
+        metas.append({**meta, "floor_seconds": floors[i] if floor is not None else None})
     shutil.rmtree(root / "storage" / "operation_chain_results")
     shutil.rmtree(root / "storage" / ".opchain")
     return metas
@@ -271,6 +308,7 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=10**9)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--streaming-only", action="store_true")
     args = parser.parse_args()
     if args.small:
         args.dense_gib, args.nnz = args.dense_gib / 64, args.nnz // 64
@@ -285,26 +323,22 @@ def main() -> None:
         shutil.rmtree(root / "peer")
         print(f"dense {sizes['dense'] / 2**30:.2f} GiB float32; sparse {args.nnz:,} non-zeros "
               f"({sizes['sparse'] / 2**30:.2f} GiB of data + indices)")  # fmt: skip
-        print("| input | step | peak RssAnon MiB | wall s | MB/s | floor MB/s | ours / floor | "
-              "in-memory peer MB/s | peer / ours | numpy from and to files MB/s | it / ours |")  # fmt: skip
+        print("| input | step | peak RssAnon MiB | wall s | MB/s | write floor MB/s | ours / floor "
+              "| in-memory peer MB/s | peer / ours | numpy from and to files MB/s | it / ours |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for kind, matrix in (("dense", X), ("sparse", UMIS)):
-            values = (
-                root / "storage" / kind / "x" / f"{matrix}.{'array' if kind == 'dense' else 'data'}"
-            )
-            floor = sizes[kind] / 2**20 / floor_seconds(values, root / "floor")
             steps = [("normalize", "target_sum: 10000"), ("log1p", "")]
             steps += [("standardize", "axis: gene")] if kind == "dense" else []
-            steps = [(op, ", ".join(filter(None, [f"matrix: '{matrix}'", p]))) for op, p in steps]
-            for meta in run_chain(root, kind, steps):
-                cost = meta["cost"]
-                rate = sizes[kind] / 2**20 / cost["wall_seconds"]
-                peer, script = (found[meta["operation"]] for found in peers[kind])
-                print(f"| {kind} | {meta['operation']} | {cost['peak_anon_mb']:.0f} | "
-                      f"{cost['wall_seconds']:.1f} | {rate:.0f} | {floor:.0f} | {floor / rate:.2f} | "
-                      f"{peer:.0f} | {peer / rate:.2f} | {script:.0f} | {script / rate:.2f} |",
-                      flush=True)  # fmt: skip
-        print("targets: < 1024 MiB RssAnon per step at any size; peer / ours <= 1.5")
+            for chain in (steps, [("convert", "dtype: float64")]):
+                named = [
+                    (op, ", ".join(filter(None, [f"matrix: '{matrix}'", p]))) for op, p in chain
+                ]
+                for meta in run_chain(root, kind, named, floor_of(root, kind, matrix)):
+                    print(row(kind, meta, sizes[kind], peers[kind]), flush=True)
+        print(f"targets: < 1024 MiB RssAnon per step at any size; ours / floor <= {FLOOR_TARGET} "
+              "(* marks a miss); it / ours < 1")  # fmt: skip
+        if args.streaming_only:
+            return
         others = peer_others()
         print("\nthe other built-ins (MB/s: of the step's input matrix)")
         print(
@@ -317,7 +351,8 @@ def main() -> None:
             ("sparse", [("subsample", f"matrix: '{UMIS}', fraction: 0.5")]),
             ("sparse", [("aggregate", f"matrix: '{UMIS}', by: 'cell#batch'")]),
             ("dense", [("pca", f"matrix: '{X}', components: 10, method: randomized"),
-                       ("kmeans", "matrix: 'cell,pc#pca', clusters: 8, iterations: 10")]),
+                       ("kmeans", "matrix: 'cell,pc#pca', clusters: 8, iterations: 10, "
+                                  "init: random, n_init: 1")]),
         ]  # fmt: skip
         rows = sizes["dense"] // (4 * DENSE_COLUMNS)
         inputs = {**dict.fromkeys(["filter", "subsample", "aggregate"], sizes["sparse"]),

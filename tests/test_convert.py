@@ -3,6 +3,8 @@ CSV; round trips keep values, dtypes, axis order and sparsity; bad files leave n
 
 from __future__ import annotations
 
+import shutil
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -61,6 +63,48 @@ def test_an_anndata_file_with_layers_and_embeddings(project: Project) -> None:
     project.opchain("export", str(result), "out.h5ad", "--matrix", "cell,gene#counts")
     out = anndata.read_h5ad(project.root / "out.h5ad")
     np.testing.assert_allclose(out.X, np.log1p(adata.layers["counts"]).astype(np.float32))
+
+
+def test_kmeans_clusters_go_to_scanpy(project: Project) -> None:
+    """A result of vectors only (kmeans' cell#cluster): an AnnData with the clusters as an obs
+    column, on the cells and genes of the matrix the step read, that matrix (from the step's
+    input) as X; without its input, no X; without metadata, axes by --rows/--columns."""
+    shutil.copytree(CELLS, project.storage / "cells" / "daf_example")
+    project.edit(
+        "config/operations/k.yaml",
+        "type: kmeans\nparameters: {matrix: 'cell,gene#UMIs', clusters: 3, n_init: 1}\n",
+    )
+    project.opchain("run-op", "config/operations/k.yaml", "cells", "--cores", "1")
+    (result,) = project.storage.glob("operation_results/*/dataset_1")
+    assert not open_reader(result).data2d_names("cell", "gene")
+    project.opchain("export", str(result), "clusters.h5ad")
+    adata = anndata.read_h5ad(project.root / "clusters.h5ad")
+    clusters = open_reader(result).get_data1d("cell#cluster")
+    assert list(adata.obs_names) == list(open_reader(CELLS).axis_entries("cell"))
+    assert list(adata.var_names) == list(open_reader(CELLS).axis_entries("gene"))
+    np.testing.assert_array_equal(adata.obs["cluster"], clusters)
+    assert (open_reader(CELLS).get_data2d("cell,gene#UMIs") != adata.X).nnz == 0
+    assert list(adata.var["feature_gene"]) == list(
+        open_reader(CELLS).get_data1d("gene#feature_gene")
+    )
+    shutil.rmtree(project.storage / "cells")  # the input gone: the vectors alone
+    project.opchain("export", str(result), "alone.h5ad")
+    alone = anndata.read_h5ad(project.root / "alone.h5ad")
+    assert alone.X is None and alone.shape == (524, 10)
+    np.testing.assert_array_equal(alone.obs["cluster"], clusters)
+    copy = project.root / "copy"  # a plain dataset: no metadata to name the axes
+    shutil.copytree(result, copy, ignore=shutil.ignore_patterns("metadata.yaml"))
+    project.opchain(
+        "export", str(copy), "metacells.h5ad", "--rows", "metacell", "--columns", "gene"
+    )
+    metacells = anndata.read_h5ad(project.root / "metacells.h5ad")
+    assert metacells.shape == (10, 10) and "umap_x" in metacells.obs
+    failed = project.opchain("export", str(copy), "x.npz", check=False)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1
+    assert "holds no matrix to export (only vectors: export to .h5ad)" in failed.stderr
+    failed = project.opchain("export", str(copy), "x.h5ad", "--rows", "sample", check=False)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1
+    assert "no axis 'sample' for obs/var" in failed.stderr, failed.stderr
 
 
 def test_numpy_and_csv_sources(project: Project) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,16 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from daf_fuzz import Mutation, make_dataset, mutations, run_one
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_daf import small
 
-from opchain.daf import H5Writer, Reader, open_reader
+from opchain.daf import H5Writer, Reader, files, mapping, open_reader, trust
 from opchain.daf.files import FilesWriter
 from opchain.errors import DafError
+from opchain.operations.builtin import carry, copy_matrices
 
 
 @pytest.fixture
@@ -235,6 +238,64 @@ def test_corrupt_matrix_is_refused_when_read_and_other_data_still_reads(files_ds
     assert reader.get_data2d("cell,gene#UMIs").tolist() == [[0, 1], [2, 3], [4, 5]]
     with pytest.raises(DafError, match=r"indptr decreases at row 1$"):
         reader.get_data2d("gene,cell#sparse")  # the transposed view is checked too
+
+
+def test_a_checked_file_is_trusted_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a step's check of a file established (an axis's entries, a string vector listing
+    its axis, a CSR structure) is recorded on the file, so the next step, carrying the same file
+    (linked), checks nothing; a change to the file brings the check back and the corruption is
+    refused. A file written moments ago is not vouched for (coarse file clocks)."""
+    source = tmp_path / "in"
+    with FilesWriter(source) as writer:
+        writer.create_axis("cell", ["c1", "c2", "c3"])
+        writer.create_axis("gene", ["g1", "g2"])
+        writer.set_data1d("cell#kind", np.array(["x", "y", "z"], dtype=object))
+        writer.set_data2d("cell,gene#sparse", sp.csr_matrix(np.array([[0, 1.0], [0, 0], [2, 0]])))
+    read_all(open_reader(source))
+    assert trust.vouched(source / "cell#.csv", "axis") == []  # too recent
+    if not supports_xattrs(tmp_path):
+        pytest.skip("no extended attributes here: every check runs each time")
+    old = time.time_ns() - 3600 * 10**9
+    for path in source.iterdir():
+        os.utime(path, ns=(old, old))
+    step(open_reader(source), tmp_path / "first")  # checks, and records what passed
+    assert trust.vouched(source / "cell#.csv", "axis") == ["cell", 3]
+
+    def checked_again(*_: object) -> None:
+        raise AssertionError("checked again")
+
+    with monkeypatch.context() as patched:
+        for module, name in ((files, "_check_plain_axis"), (files, "_lists_axis"),
+                             (mapping, "check_csr")):  # fmt: skip
+            patched.setattr(module, name, checked_again)
+        second = step(open_reader(tmp_path / "first"), tmp_path / "second")
+        read_all(open_reader(second))
+    (second / "cell#.csv").write_text("cell\nc1\nc1\nc3\n")  # the same size, in every step
+    with pytest.raises(DafError, match=r"cell#\.csv:3: duplicate axis entry: 'c1'$"):
+        step(open_reader(second), tmp_path / "third")
+    (second / "cell,gene#sparse.indices").write_bytes(raw([1, 5]))
+    with pytest.raises(DafError, match="column index 5 at position 1 is out of the range"):
+        open_reader(source).get_data2d("cell,gene#sparse")
+
+
+def step(data: Reader, path: Path) -> Path:
+    """A step that carries everything of ``data`` into a new dataset at ``path``."""
+    with FilesWriter(path) as out:
+        carry(data, out)
+        copy_matrices(data, out)
+    return path
+
+
+def supports_xattrs(folder: Path) -> bool:
+    probe = folder / "probe"
+    probe.touch()
+    try:
+        os.setxattr(probe, "user.opchain.probe", b"1")
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 # The HDF5 store ----------------------------------------------------------------------------------

@@ -102,6 +102,12 @@ def main_parser() -> argparse.ArgumentParser:
     take.add_argument("dataset", type=Path, help="a dataset directory")
     take.add_argument("target", type=Path, help="the file to write (.h5ad or .npz)")
     take.add_argument("--matrix", help="the matrix to export as X (default: the first)")
+    for flag, what in (("--rows", "obs"), ("--columns", "var")):
+        take.add_argument(
+            flag,
+            help=f"a dataset of vectors only: the {what} axis (default: from the matrix its "
+            "step read, else cell and gene)",
+        )
     ops = commands.add_parser(
         "operations", help="the available operations; with a NAME, its parameters and an example"
     )
@@ -139,7 +145,7 @@ def main(cli_args: Sequence[str]) -> int:
             print(f"made the opchain project {args.folder}: cd there and run snakemake --cores all")
             return 0
         if args.command == "export":  # needs no config: any dataset, anywhere
-            export_dataset(args.dataset, args.target, args.matrix)
+            export_dataset(args.dataset, args.target, args.matrix, args.rows, args.columns)
             print(f"exported {args.dataset} to {args.target}")
             return 0
         config = load_config(args.config)

@@ -6,7 +6,8 @@ sparse; ``obs``/``var`` columns as vectors; ``obsm``/``varm`` matrices on an axi
 by their key), ``.npy`` (a 2D array), ``.npz`` (a scipy.sparse matrix, or numpy arrays of one shape)
 and ``.csv`` (a matrix with a header row of column names; an empty first header cell means the first
 column holds the row names). Out: ``.h5ad`` (one matrix as ``X``, the others on the same axes as
-layers, vectors as obs/var columns, matrices from the row axis to another as obsm) and ``.npz``.
+layers, vectors as obs/var columns, matrices from the row axis to another as obsm; a dataset of
+vectors only with the matrix its step read as X, or without X) and ``.npz``.
 
 A dataset is written aside and renamed into place whole (daf writers), so a malformed source leaves
 nothing; every problem is one ``OpchainError`` line naming the file.
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from opchain.daf import FilesWriter, open_reader
-from opchain.errors import OpchainError
+from opchain.errors import DafError, OpchainError
+from opchain.lineage import storage_of
 
 __all__ = ["export_dataset", "import_dataset"]
 
@@ -147,32 +150,81 @@ def _from_csv(source: Path, out: FilesWriter, rows: str, columns: str) -> None:
     out.set_data2d(f"{rows},{columns}#value", values.reshape(len(body), len(names)))
 
 
-def export_dataset(dataset: Path, target: Path, matrix: str | None = None) -> None:
-    """Write the daf dataset at ``dataset`` as ``target`` (.h5ad or .npz), written aside first."""
+def export_dataset(
+    dataset: Path,
+    target: Path,
+    matrix: str | None = None,
+    rows: str | None = None,
+    columns: str | None = None,
+) -> None:
+    """Write the daf dataset at ``dataset`` as ``target`` (.h5ad or .npz), written aside first.
+    A dataset of vectors only (e.g. kmeans' clusters) goes to .h5ad on the axes ``rows`` and
+    ``columns`` (see :func:`_vector_axes`), with X from its step's input if it still holds it."""
     data = open_reader(dataset)
     names = [
         n for r in data.axis_names() for c in data.axis_names() for n in data.data2d_names(r, c)
     ]
-    if not names:
-        raise OpchainError(f"{dataset}: holds no matrix to export")
-    main = matrix or names[0]
-    if main not in names:
-        raise OpchainError(f"{dataset}: no matrix '{main}' (it has: {', '.join(names)})")
     writers = {".h5ad": _to_h5ad, ".npz": _to_npz}
     writer = writers.get(target.suffix.lower())
     if writer is None:
         raise OpchainError(
             f"{target}: cannot export to {target.suffix or 'this'} ({', '.join(writers)})"
         )
+    if names:
+        main = matrix or names[0]
+        if main not in names:
+            raise OpchainError(f"{dataset}: no matrix '{main}' (it has: {', '.join(names)})")
+        axes, x = _parts(main)[:2], (_parts(main)[2], data.get_data2d(main))
+    elif matrix or writer is _to_npz:
+        raise OpchainError(f"{dataset}: holds no matrix to export (only vectors: export to .h5ad)")
+    else:
+        axes, x = _vector_axes(dataset, data, rows, columns)
     aside = target.with_name(f".{target.name}.tmp-export{target.suffix}")
     try:
-        writer(data, main, names, aside)
+        writer(data, axes, x, names, aside)
         aside.replace(target)
     finally:
         aside.unlink(missing_ok=True)
 
 
-def _to_h5ad(data: Any, main: str, names: list[str], target: Path) -> None:
+def _vector_axes(
+    dataset: Path, data: Any, rows: str | None, columns: str | None
+) -> tuple[tuple[str, str], tuple[str, Any] | None]:
+    """The obs and var axes of a dataset without matrices (by default those of the matrix its
+    step read, from its ``metadata.yaml``, else ``cell`` and ``gene``) and its X: the matrix that
+    step read, from the step's input, if that still holds it on the same entries, else None."""
+    try:
+        metadata = yaml.safe_load((dataset / "metadata.yaml").read_text(encoding="utf-8"))
+        read = metadata["parameters"]["matrix"]
+        step_axes = _parts(read)[:2]
+        source = storage_of(dataset, metadata) / metadata["input"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        read, source, step_axes = None, None, ("cell", "gene")  # not a step that read a matrix
+    axes = (rows or step_axes[0], columns or step_axes[1])
+    for axis in axes:
+        if not data.has_axis(axis):
+            raise OpchainError(
+                f"{dataset}: holds no matrix, and no axis '{axis}' for obs/var (its axes: "
+                f"{', '.join(data.axis_names())}; choose them with --rows and --columns)"
+            )
+    if source is None or axes != step_axes:
+        return axes, None
+    try:
+        given = open_reader(source)
+        if all(np.array_equal(given.axis_entries(a), data.axis_entries(a)) for a in axes):
+            return axes, (_parts(read)[2], given.get_data2d(read))
+    except DafError:  # the input is gone, changed, or does not hold that matrix
+        pass
+    return axes, None
+
+
+def _to_h5ad(
+    data: Any,
+    axes: tuple[str, str],
+    x: tuple[str, Any] | None,
+    names: list[str],
+    target: Path,
+) -> None:
     try:
         import anndata
         import pandas as pd
@@ -180,26 +232,25 @@ def _to_h5ad(data: Any, main: str, names: list[str], target: Path) -> None:
         raise OpchainError(
             "exporting .h5ad needs anndata: pip install 'opchain[anndata]'"
         ) from None
-    rows, columns, prop = _parts(main)
+    rows, columns = axes
 
     def frame(axis: str) -> Any:
         vectors = {_parts(n)[2]: np.asarray(data.get_data1d(n)) for n in data.data1d_names(axis)}
         return pd.DataFrame(vectors, index=pd.Index(list(data.axis_entries(axis))))
 
-    def plain(name: str) -> Any:
-        x = data.get_data2d(name)
-        return x.copy() if hasattr(x, "tocsr") else np.array(x)
+    def plain(matrix: Any) -> Any:
+        return matrix.copy() if hasattr(matrix, "tocsr") else np.array(matrix)
 
     layers, obsm = {}, {}
     for name in names:
         r, c, p = _parts(name)
-        if name != main and (r, c) == (rows, columns):
-            layers[p] = plain(name)
+        if (x is None or p != x[0]) and (r, c) == (rows, columns):
+            layers[p] = plain(data.get_data2d(name))
         elif r == rows and c not in (rows, columns):
-            obsm[c] = plain(name)
+            obsm[c] = plain(data.get_data2d(name))
     adata = anndata.AnnData(
-        X=plain(main), obs=frame(rows), var=frame(columns), layers=layers, obsm=obsm,
-        uns={"opchain": {"X": prop}},  # X's name, for the way back
+        X=None if x is None else plain(x[1]), obs=frame(rows), var=frame(columns), layers=layers,
+        obsm=obsm, uns={} if x is None else {"opchain": {"X": x[0]}},  # X's name, for the way back
     )  # fmt: skip
     adata.write_h5ad(target)
 
@@ -211,12 +262,14 @@ def _parts(name: str) -> tuple[str, str, str]:
     return rows, columns, prop
 
 
-def _to_npz(data: Any, main: str, names: list[str], target: Path) -> None:
-    x = data.get_data2d(main)
-    if hasattr(x, "tocsr"):
+def _to_npz(
+    data: Any, axes: tuple[str, str], x: tuple[str, Any], names: list[str], target: Path
+) -> None:
+    prop, matrix = x
+    if hasattr(matrix, "tocsr"):
         import scipy.sparse as sp
 
-        sp.save_npz(target, x.tocsr(), compressed=False)
+        sp.save_npz(target, matrix.tocsr(), compressed=False)
     else:
         with target.open("wb") as out:
-            np.savez(out, **{main.split("#", 1)[1]: np.asarray(x)})
+            np.savez(out, **{prop: np.asarray(matrix)})

@@ -46,7 +46,9 @@ without its sidecar is ignored (writers write the data first and the sidecar las
 without its data, data whose axis file is missing, or a name stored both as strings and as binary
 is refused when the dataset is opened; corrupt content (malformed YAML or CSV, unknown dtype,
 truncated files, shapes that don't match the axes, an invalid CSR structure) when the data is
-read.
+read. The checks that read a whole file (an axis's entries, a string vector listing its axis, a
+CSR structure) are recorded on the file when they pass and skipped while it is unchanged (see
+:mod:`opchain.daf.trust`).
 
 Compared with the HDF5 store: every binary datum is its own memory-mappable file (one file
 descriptor per mapped datum), plain tools (``ls``, ``make``, ``numpy.fromfile``) work on it, and
@@ -102,6 +104,7 @@ from opchain.daf.mapping import (
     mapped_file,
     write_array,
 )
+from opchain.daf.trust import stamp, vouch, vouched
 from opchain.errors import DafError
 
 __all__ = ["DAF_YAML", "FilesReader", "FilesWriter"]
@@ -356,12 +359,12 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _link_or_write(source: Path, target: Path, data: bytes) -> None:
-    """Hard-link ``source`` (whose bytes are ``data``) as ``target``, or write a copy."""
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target``, or write a copy."""
     try:
         os.link(source, target)
     except OSError:  # another file system, or no hard links there
-        target.write_bytes(data)
+        shutil.copyfile(source, target)
 
 
 def _line_chunks(data: bytes, start: int, size: int = 4 << 20) -> Iterator[bytes]:
@@ -493,9 +496,14 @@ class FilesReader(Reader):
 
     def _count_entries(self, axis: str) -> int:
         """Count the lines of a plain axis file without parsing it (so that opening 2D data
-        doesn't grow with the axes); anything unusual is parsed in full."""
+        doesn't grow with the axes), or take the count its check recorded (see
+        :mod:`~opchain.daf.trust`); anything unusual is parsed in full."""
+        path = self._dir / f"{axis}#.csv"
+        recorded = vouched(path, "axis")  # [axis, number of entries]
+        if len(recorded) == 2 and recorded[0] == axis:
+            return int(recorded[1])
         try:
-            data = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
+            data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
         except OSError:
             data = b""
         if _is_plain_axis(data, axis):
@@ -529,38 +537,73 @@ class FilesReader(Reader):
         chunks = self._strings_in_axis_order(axis, prop)
         return None if chunks is None else (np.array(chunk, dtype=object) for chunk in chunks)
 
-    def _listing_axis(self, axis: str, prop: str) -> tuple[bytes, bytes] | None:
-        """The bytes of the string vector file ``axis#prop`` and of its axis file (without a
-        byte-order mark) if the first lists the entries of the second in order (see
-        :func:`_lists_axis`); ``None`` if not, or if either can't be read (reading them in full
-        reports it)."""
-        try:
-            data = (self._dir / f"{axis}#{prop}.csv").read_bytes()
-            entries = (self._dir / f"{axis}#.csv").read_bytes().removeprefix(b"\xef\xbb\xbf")
-        except OSError:
-            return None
-        lists = self._cached(  # a dataset's files don't change while it is open
-            ("lists", axis, prop),
-            lambda: _lists_axis(data.removeprefix(b"\xef\xbb\xbf"), axis, prop, entries),
-        )
-        return (data, entries) if lists else None
+    def _lists(self, axis: str, prop: str) -> bool:
+        """Whether the file of the string vector ``axis#prop`` lists the entries of the plain
+        axis file in order (see :func:`_lists_axis`): compared once per reader, or not at all
+        while both files are as when it was last compared (see :mod:`~opchain.daf.trust`);
+        ``False`` if either can't be read (reading them in full reports it)."""
 
-    def _check_axis_file(self, axis: str, data: bytes) -> None:
-        """Check the plain axis file's bytes ``data`` as reading its entries would, once."""
-        if ("axis", axis) not in self._cache and ("checked", axis) not in self._cache:
-            _check_plain_axis(self._dir / f"{axis}#.csv", data)
-            self._cache[("checked", axis)] = True
+        def compare() -> bool:
+            path, axis_path = self._dir / f"{axis}#{prop}.csv", self._dir / f"{axis}#.csv"
+            axis_stamp, before = stamp(axis_path), stamp(path)
+            recorded = vouched(path, "lists")  # [axis, prop, the axis file's stamp, the outcome]
+            if (
+                axis_stamp is not None
+                and len(recorded) == 4
+                and recorded[:3] == [axis, prop, axis_stamp]
+            ):
+                return bool(recorded[3])
+            try:
+                data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+                entries = axis_path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+            except OSError:
+                return False
+            lists = _lists_axis(data, axis, prop, entries)
+            if stamp(axis_path) == axis_stamp:
+                vouch(path, "lists", [axis, prop, axis_stamp, lists], before)
+            return lists
+
+        return self._cached(("lists", axis, prop), compare)  # a dataset's files don't change
+
+    def _plain_axis_count(self, axis: str) -> int | None:
+        """The number of entries of the axis file if it is a plain one (see
+        :func:`_is_plain_axis`), after checking them as reading them would (a
+        :class:`DafError` if they are not UTF-8 or not unique): once per reader, or not at all
+        while the file is as when it was last checked (see :mod:`~opchain.daf.trust`); ``None``
+        if it is not plain or can't be read (reading the entries reports it)."""
+
+        def check() -> int | None:
+            path = self._dir / f"{axis}#.csv"
+            recorded, before = vouched(path, "axis"), stamp(path)
+            if len(recorded) == 2 and recorded[0] == axis:
+                return int(recorded[1])
+            try:
+                data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+            except OSError:
+                return None
+            if not _is_plain_axis(data, axis):
+                return None
+            if ("axis", axis) not in self._cache:  # else read, and so checked, in full
+                _check_plain_axis(path, data)
+            count = data.count(b"\n") - 1
+            vouch(path, "axis", [axis, count], before)
+            return count
+
+        return self._cached(("plain", axis), check)
 
     def _strings_in_axis_order(self, axis: str, prop: str) -> Iterator[list[str]] | None:
         """The values of the string vector ``axis#prop``, a chunk of its file at a time, if its
         file lists the plain axis file's entries in order: its values column, without the index
         of the axis's entries that matching them one by one needs (for 10 million entries,
         gigabytes); ``None`` if not."""
-        found = self._listing_axis(axis, prop)
-        if found is None:
+        if not self._lists(axis, prop):
             return None
-        self._check_axis_file(axis, found[1])  # as matching the entries would
-        return _values_column(found[0].removeprefix(b"\xef\xbb\xbf"))
+        self._plain_axis_count(axis)  # as matching the entries would
+        try:
+            data = (self._dir / f"{axis}#{prop}.csv").read_bytes()
+        except OSError:
+            return None  # reading it in full reports it
+        return _values_column(data.removeprefix(b"\xef\xbb\xbf"))
 
     def _data2d_names(self, rows: str, columns: str) -> dict[str, str]:
         return self._matrices.get((rows, columns), {})
@@ -573,11 +616,23 @@ class FilesReader(Reader):
         shape, dtypes, nnz = self._read_sidecar(stem, (rows, columns), sparse=kind == "sparse")
         if kind == "array":
             return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
-        data = map_file(self._dir / f"{stem}.data", dtypes["data_dtype"], (nnz,))
-        indices = map_file(self._dir / f"{stem}.indices", dtypes["indices_dtype"], (nnz,))
-        indptr = map_file(self._dir / f"{stem}.indptr", dtypes["indptr_dtype"], (shape[0] + 1,))
-        names = {part: f"{self._dir / stem}.{part}" for part in SPARSE_SUFFIXES}
-        return make_csr(data, indices, indptr, (shape[0], shape[1]), names)
+        paths = {part: self._dir / f"{stem}.{part}" for part in SPARSE_SUFFIXES}
+        # What check_csr establishes of each part, recorded on it (see opchain.daf.trust).
+        facts = {
+            "indptr": [dtypes["indptr_dtype"].name, shape[0], nnz],
+            "indices": [dtypes["indices_dtype"].name, shape[1], nnz],
+        }
+        stamps = {part: stamp(paths[part]) for part in facts}
+        checked = all(vouched(paths[part], part) == fact for part, fact in facts.items())
+        data = map_file(paths["data"], dtypes["data_dtype"], (nnz,))
+        indices = map_file(paths["indices"], dtypes["indices_dtype"], (nnz,))
+        indptr = map_file(paths["indptr"], dtypes["indptr_dtype"], (shape[0] + 1,))
+        names = {part: str(path) for part, path in paths.items()}
+        matrix = make_csr(data, indices, indptr, (shape[0], shape[1]), names, checked=checked)
+        if not checked:
+            for part, fact in facts.items():
+                vouch(paths[part], part, fact, stamps[part])
+        return matrix
 
     def _read_sidecar(
         self, stem: str, axes: tuple[str, ...], sparse: bool
@@ -722,17 +777,12 @@ class FilesWriter(FilesReader, Writer):
     def _copy_axis_file(self, reader: Reader, axis: str, take: np.ndarray | None) -> bool:
         if not isinstance(reader, FilesReader) or ("axis", axis) in reader._cache:
             return False  # the entries are at hand: writing them is as cheap
-        source = reader._dir / f"{axis}#.csv"
-        try:
-            data = source.read_bytes()
-        except OSError:
-            return False  # reading the entries reports it
-        if not _is_plain_axis(data.removeprefix(b"\xef\xbb\xbf"), axis):
+        count = reader._plain_axis_count(axis)  # checked: any subset of its lines is valid too
+        if count is None:
             return False
-        reader._check_axis_file(axis, data)  # then any subset of its lines is a valid axis too
-        self._copy_lines(source, data, take)
+        self._copy_lines(reader._dir / f"{axis}#.csv", take)
         self._axes[axis] = None
-        self._cache[("size", axis)] = data.count(b"\n") - 1 if take is None else len(take)
+        self._cache[("size", axis)] = count if take is None else len(take)
         return True
 
     def _copy_strings_file(
@@ -740,20 +790,20 @@ class FilesWriter(FilesReader, Writer):
     ) -> bool:
         if not isinstance(reader, FilesReader) or reader._vectors.get(axis, {}).get(prop) != "csv":
             return False
-        found = reader._listing_axis(axis, prop)
-        if found is None:
+        if not reader._lists(axis, prop):
             return False
-        self._copy_lines(reader._dir / f"{axis}#{prop}.csv", found[0], take)
+        self._copy_lines(reader._dir / f"{axis}#{prop}.csv", take)
         self._vectors.setdefault(axis, {})[prop] = "csv"
         return True
 
-    def _copy_lines(self, source: Path, data: bytes, take: np.ndarray | None) -> None:
-        """Copy the CSV file ``source`` (holding ``data``) as a file of this dataset: linked, or,
-        with ``take``, its header and the lines after it at those positions."""
+    def _copy_lines(self, source: Path, take: np.ndarray | None) -> None:
+        """Copy the CSV file ``source`` as a file of this dataset: linked, or, with ``take``, its
+        header and the lines after it at those positions."""
         target = self._dir / source.name
         if take is None:
-            _link_or_write(source, target, data)
+            _link_or_copy(source, target)
             return
+        data = source.read_bytes()
         header_end = data.index(b"\n") + 1
         with open(target, "wb") as file:
             file.write(data[:header_end])

@@ -213,15 +213,18 @@ def make_csr(
     indptr: np.ndarray,
     shape: tuple[int, int],
     names: dict[str, str],
+    checked: bool = False,
 ) -> sp.csr_matrix:
     """Wrap CSR buffers (typically memory-mapped) in a ``csr_matrix`` without copying them, after
-    :func:`check_csr` (``names`` names the ``data``, ``indices`` and ``indptr`` files in errors).
+    :func:`check_csr` (``names`` names the ``data``, ``indices`` and ``indptr`` files in errors)
+    unless they are known to pass it (``checked``: the same files passed it before).
 
     ``scipy``'s constructor copies ``int64`` indices whose values fit in ``int32`` (and reads them
     all to find out), so for ``int32``/``int64`` indices the buffers are attached to an empty
     matrix instead. Other index dtypes go through the constructor (which converts them).
     """
-    check_csr(data, indices, indptr, shape, names)
+    if not checked:
+        check_csr(data, indices, indptr, shape, names)
     if data.dtype == np.float16:
         raise DafError(f"{names['data']}: float16 sparse data (scipy.sparse does not support it)")
     if indices.dtype.name not in ("int32", "int64") or indptr.dtype != indices.dtype:

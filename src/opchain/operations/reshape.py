@@ -21,6 +21,7 @@ from opchain.operations.builtin import (
     dense_rows,
     group_codes,
     group_sums,
+    map_rows,
     map_sparse_values,
     matrix_names,
     row_blocks,
@@ -174,18 +175,20 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
     sparse_in = is_sparse(matrix)
     if layout == "sparse" or (layout == "keep" and sparse_in):
         if sparse_in:
-            map_sparse_values(
-                ctx.output, name, matrix, lambda v, _, into: np.copyto(into, v), dtype
-            )
+            map_sparse_values(ctx.output, name, matrix, cast_into, dtype)
         else:
             dense_to_sparse(ctx.output, name, matrix, dtype)
-        return
-    write_rows(
-        ctx.output,
-        name,
-        ((b, dense_rows(matrix, b)) for b in row_blocks(*matrix.shape)),
-        dtype.name,
-    )
+    elif sparse_in or matrix.dtype != dtype:  # cast in reused buffers, not fresh ones per block
+        map_rows(ctx.output, name, matrix, cast_into, dtype)
+    else:  # the same bytes: written straight from the input's blocks
+        write_rows(
+            ctx.output, name, ((b, dense_rows(matrix, b)) for b in row_blocks(*matrix.shape)), dtype
+        )
+
+
+def cast_into(values: np.ndarray, *args: Any) -> None:
+    """``values`` into the last argument, converted as ``astype`` does."""
+    np.copyto(args[-1], values.reshape(args[-1].shape), casting="unsafe")
 
 
 def dense_to_sparse(out: Any, name: str, matrix: Any, dtype: np.dtype) -> None:
