@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "publish",
     "remove_leftovers",
     "set_durable",
+    "write_aside",
     "write_atomic",
 ]
 
@@ -86,13 +87,22 @@ def _tree(path: Path) -> list[Path]:
     return found
 
 
-def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> bool:
+def publish(
+    temporary: Path,
+    final: Path,
+    *,
+    exclusive: bool = False,
+    along: Sequence[tuple[Path, Path]] = (),
+) -> bool:
     """Give the complete ``temporary`` (a file, or a directory tree) the name ``final``, durably:
     its content is flushed before the rename, the directory of ``final`` after it. Hard-linked
     files count like any other: flushed with their tree, published by its rename. ``exclusive``:
-    a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file."""
+    a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file.
+    ``along``: more (temporary, final) pairs renamed just after, in the same two rounds of
+    flushes (a dataset and its index entry: two rounds, not four)."""
+    moves = [(temporary, final), *along]
     if _DURABLE[0]:
-        flush(_tree(temporary))
+        flush([path for aside, _ in moves for path in _tree(aside)])
     if exclusive:
         try:
             os.link(temporary, final)
@@ -100,7 +110,9 @@ def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> bool:
             return False
     else:
         os.replace(temporary, final)
-    flush([final.parent])
+    for aside, name in along:
+        os.replace(aside, name)
+    flush(list(dict.fromkeys(name.parent for _, name in moves)))
     return True
 
 
@@ -157,7 +169,7 @@ def write_atomic(path: Path, data: bytes | str, *, clean: bool = True) -> None:
     folders, whose leftovers are hidden and dropped by a rebuild)."""
     if clean:
         remove_leftovers(path)
-    temporary = _write_aside(path, data)
+    temporary = write_aside(path, data)
     try:
         publish(temporary, path)
     except BaseException:
@@ -169,7 +181,7 @@ def create_exclusive(path: Path, data: bytes | str) -> bool:
     """Create ``path`` with ``data`` unless it exists (then False), all or nothing: the content is
     written aside and hard-linked into place (``link`` fails if the name exists), so a kill never
     leaves an empty or partial file. Where hard links are not supported, O_EXCL then write."""
-    temporary = _write_aside(path, data)
+    temporary = write_aside(path, data)
     try:
         return publish(temporary, path, exclusive=True)
     except OSError:  # no hard links on this filesystem
@@ -195,7 +207,8 @@ def create_new(path: Path, data: bytes | str) -> bool:
     return True
 
 
-def _write_aside(path: Path, data: bytes | str) -> Path:
+def write_aside(path: Path, data: bytes | str) -> Path:
+    """``data`` in a new hidden sibling of ``path`` (see :func:`aside_path`), to publish."""
     temporary = aside_path(path)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

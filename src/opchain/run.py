@@ -138,6 +138,7 @@ def _make_dataset(
     source = storage / computed if computed else None
     temporary = aside_path(output)
     temporary.mkdir()
+    entry: list[tuple[Path, Path]] = []  # where the point was computed, published with it
     try:
         if source is not None and (source / "metadata.yaml").is_file():
             metadata = _link_result(source, temporary, spec, dataset, output)
@@ -153,9 +154,13 @@ def _make_dataset(
         files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
-        publish(temporary, output)
+        if "computed_in" not in metadata:
+            entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
+        publish(temporary, output, along=entry)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        for aside, _ in entry:
+            aside.unlink(missing_ok=True)
         if isinstance(error, Exception):
             full = storage_error(error, output)  # the storage's fault, not the operation's
             step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
@@ -168,8 +173,6 @@ def _make_dataset(
                 f"{type(error).__name__}: {error}"
             ) from error
         raise
-    if "computed_in" not in metadata:
-        index.record_dataset(dataset["fingerprint"], output.relative_to(storage).as_posix())
 
 
 def _compute(

@@ -91,10 +91,13 @@ def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
 
 def sealed(text: str, files: dict[str, str]) -> str:
     """``text`` (a metadata.yaml without digests) followed by the digests of ``files`` and of
-    ``text`` itself."""
+    ``text`` itself, one ``"<file>": "<hex>"`` line each (JSON strings are YAML's double-quoted
+    ones: any file name reads back)."""
     own = hashlib.new(DIGESTS, text.encode()).hexdigest()
-    block = yaml.safe_dump({DIGESTS: {**files, METADATA: own}}, default_flow_style=False)
-    return text + block
+    digests = {**files, METADATA: own}
+    return (
+        text + f"{DIGESTS}:\n" + "".join(f'  {json.dumps(k)}: "{v}"\n' for k, v in digests.items())
+    )
 
 
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
