@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "aside_path",
@@ -38,23 +41,24 @@ __all__ = [
 ]
 
 HOST = os.uname().nodename.replace("-", "_")  # '-' separates the fields of an aside name
-_DURABLE = [True]  # the config's `durable` (a list: set in place, no `global`)
+_durable = True  # the config's `durable`: flush before and after publishing
 
 
 def set_durable(on: bool) -> None:
     """Whether :func:`publish` flushes (the config's ``durable``, on unless set false)."""
-    _DURABLE[0] = bool(on)
+    global _durable
+    _durable = bool(on)
 
 
 def durable() -> bool:
-    return _DURABLE[0]
+    return _durable
 
 
 def flush(paths: Iterable[Path]) -> None:
     """Bring ``paths`` (files or directories) to stable storage (``fsync``), side by side: the
     filesystem commits concurrent flushes together, where one after the other costs a commit each.
     Nothing when durability is off."""
-    if not _DURABLE[0]:
+    if not _durable:
         return
     paths = list(paths)
     if len(paths) == 1:
@@ -74,6 +78,8 @@ def _fsync(path: Path) -> None:
 
 @cache
 def _flushers() -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor  # 6 ms: only where a tree is flushed
+
     return ThreadPoolExecutor(16, thread_name_prefix="opchain-flush")
 
 
@@ -101,7 +107,7 @@ def publish(
     ``along``: more (temporary, final) pairs renamed just after, in the same two rounds of
     flushes (a dataset and its index entry: two rounds, not four)."""
     moves = [(temporary, final), *along]
-    if _DURABLE[0]:
+    if _durable:
         flush([path for aside, _ in moves for path in _tree(aside)])
     if exclusive:
         try:
