@@ -214,14 +214,21 @@ def test_verify_reports_each_damage_and_remove_damaged_recomputes_exactly_those(
     assert project.opchain("verify").returncode == 0
 
 
-def test_results_without_checksums_are_unverifiable_not_damaged(project: Project) -> None:
+def test_unverifiable_results_and_edited_inputs_are_not_damage(project: Project) -> None:
     project.snakemake()
     dataset = next(project.storage.glob("operation_chain_results/*/*/dataset_1"))
     text = (dataset / "metadata.yaml").read_text()
     (dataset / "metadata.yaml").write_text(text[: text.rindex("\nsha256:\n") + 1])  # as before
-    result = project.opchain("verify")
-    assert "11 intact, 0 damaged, 1 unverifiable" in result.stdout
-    assert "written before" in result.stdout
+    edited = project.storage / "inputs" / "b" / "row,col#x.array"
+    edited.write_bytes(edited.read_bytes()[::-1])  # the user's edit: a new modification time
+    result = project.opchain("verify", "--all")  # the chains now use steps not computed yet
+    assert (
+        "changed input inputs/b: row,col#x.array: modified (edited since it was used"
+        in result.stdout
+    )
+    summary = result.stdout.splitlines()[-1]
+    assert "10 intact, 0 damaged, 1 unverifiable, 1 changed" in summary
+    assert "written before" in summary
 
 
 @pytest.fixture

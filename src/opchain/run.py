@@ -8,8 +8,9 @@ storage root:
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
   (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
 - else read the input, call the operation, and write the result under a hidden temporary name beside
-  its final place (daf data, ``datastore/``, ``metadata.yaml``, ``input_metadata.yaml``), renamed
-  into place only when complete.
+  its final place (daf data, ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with
+  the digest of every file), published only when complete (:func:`opchain.atomic.publish`: flushed
+  to stable storage, renamed, its directory flushed).
 
 So a killed batch keeps its finished datasets and its rerun computes only the missing ones, and no
 process ever removes another live process's temporary. The step-level files are shared by the

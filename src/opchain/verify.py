@@ -232,13 +232,16 @@ def check_input(storage: Path, dataset: str) -> Check:
     if record.get("path") != dataset:
         check.verifiable = False
         return check
-    stats = _stats(path) if path.is_dir() else {}
+    if not path.is_dir():  # removed by its owner, not by the disk
+        check.changes.append("removed")
+        return check
+    stats = _stats(path)
     unchanged = {}
     for name, (size, mtime, digest) in record["files"].items():
         if name in stats and stats[name] != [size, mtime]:
             check.changes.append(f"{name}: modified")
         else:
-            unchanged[name] = digest  # a missing file is damage: nothing edits by deleting
+            unchanged[name] = digest  # a missing file counts as damage: a lost one looks alike
     _compare(check, path, unchanged)
     check.changes += [f"{name}: added" for name in stats if name not in record["files"]]
     return check
@@ -334,9 +337,9 @@ def verify(storage: Path, results: list[str], inputs: list[str], *, remove_damag
                 print(f"removed {check.dataset} (the next snakemake recomputes it)")
         elif check.changes:
             counts["changed"] += 1
+            changes = "; ".join(check.changes)
             print(
-                f"changed input {check.dataset}: {'; '.join(check.changes)} (edited since its "
-                "results were computed: the next snakemake recomputes from it)"
+                f"changed input {check.dataset}: {changes} (edited since it was used: not damage)"
             )
         else:
             counts["intact" if check.verifiable else "unverifiable"] += 1
