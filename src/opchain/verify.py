@@ -131,7 +131,7 @@ def record_input(storage: Path, dataset: str) -> None:
     files, sizes and times). A dataset that carries its own digests (a result used as an input)
     needs none."""
     path = storage / dataset
-    if _unseal(_read(path / METADATA))[1] is not None:
+    if _BLOCK in _read(path / METADATA):  # a result: sealed already
         return
     stats = _stats(path)
     record = _record_path(storage, dataset)
