@@ -70,8 +70,7 @@ def file_digest(path: Path) -> str:
 def files_of(folder: Path) -> list[str]:
     """Every file under ``folder``, as sorted POSIX paths relative to it."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
+    for root, _, files in os.walk(folder):
         relative = Path(root).relative_to(folder)
         found += [(relative / name).as_posix() for name in files]
     return sorted(found)
