@@ -15,12 +15,16 @@ filesystem commits them together: ~2 journal commits a dataset instead of one pe
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "aside_path",
@@ -33,27 +37,29 @@ __all__ = [
     "publish",
     "remove_leftovers",
     "set_durable",
+    "write_aside",
     "write_atomic",
 ]
 
 HOST = os.uname().nodename.replace("-", "_")  # '-' separates the fields of an aside name
-_DURABLE = [True]  # the config's `durable` (a list: set in place, no `global`)
+_durable = True  # the config's `durable`: flush before and after publishing
 
 
 def set_durable(on: bool) -> None:
     """Whether :func:`publish` flushes (the config's ``durable``, on unless set false)."""
-    _DURABLE[0] = bool(on)
+    global _durable
+    _durable = bool(on)
 
 
 def durable() -> bool:
-    return _DURABLE[0]
+    return _durable
 
 
 def flush(paths: Iterable[Path]) -> None:
     """Bring ``paths`` (files or directories) to stable storage (``fsync``), side by side: the
     filesystem commits concurrent flushes together, where one after the other costs a commit each.
     Nothing when durability is off."""
-    if not _DURABLE[0]:
+    if not _durable:
         return
     paths = list(paths)
     if len(paths) == 1:
@@ -67,12 +73,17 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)  # a directory too: its fsync makes its entries durable
     try:
         os.fsync(fd)
+    except OSError as error:  # some filesystems cannot flush a directory (as PostgreSQL knows)
+        if error.errno not in (errno.EINVAL, errno.EBADF) or not os.path.isdir(path):
+            raise
     finally:
         os.close(fd)
 
 
 @cache
 def _flushers() -> ThreadPoolExecutor:
+    from concurrent.futures import ThreadPoolExecutor  # 6 ms: only where a tree is flushed
+
     return ThreadPoolExecutor(16, thread_name_prefix="opchain-flush")
 
 
@@ -86,13 +97,22 @@ def _tree(path: Path) -> list[Path]:
     return found
 
 
-def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> bool:
+def publish(
+    temporary: Path,
+    final: Path,
+    *,
+    exclusive: bool = False,
+    along: Sequence[tuple[Path, Path]] = (),
+) -> bool:
     """Give the complete ``temporary`` (a file, or a directory tree) the name ``final``, durably:
     its content is flushed before the rename, the directory of ``final`` after it. Hard-linked
     files count like any other: flushed with their tree, published by its rename. ``exclusive``:
-    a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file."""
-    if _DURABLE[0]:
-        flush(_tree(temporary))
+    a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file.
+    ``along``: more (temporary, final) pairs renamed just after, in the same two rounds of
+    flushes (a dataset and its index entry: two rounds, not four)."""
+    moves = [(temporary, final), *along]
+    if _durable:
+        flush([path for aside, _ in moves for path in _tree(aside)])
     if exclusive:
         try:
             os.link(temporary, final)
@@ -100,7 +120,9 @@ def publish(temporary: Path, final: Path, *, exclusive: bool = False) -> bool:
             return False
     else:
         os.replace(temporary, final)
-    flush([final.parent])
+    for aside, name in along:
+        os.replace(aside, name)
+    flush(list(dict.fromkeys(name.parent for _, name in moves)))
     return True
 
 
@@ -157,7 +179,7 @@ def write_atomic(path: Path, data: bytes | str, *, clean: bool = True) -> None:
     folders, whose leftovers are hidden and dropped by a rebuild)."""
     if clean:
         remove_leftovers(path)
-    temporary = _write_aside(path, data)
+    temporary = write_aside(path, data)
     try:
         publish(temporary, path)
     except BaseException:
@@ -169,7 +191,7 @@ def create_exclusive(path: Path, data: bytes | str) -> bool:
     """Create ``path`` with ``data`` unless it exists (then False), all or nothing: the content is
     written aside and hard-linked into place (``link`` fails if the name exists), so a kill never
     leaves an empty or partial file. Where hard links are not supported, O_EXCL then write."""
-    temporary = _write_aside(path, data)
+    temporary = write_aside(path, data)
     try:
         return publish(temporary, path, exclusive=True)
     except OSError:  # no hard links on this filesystem
@@ -195,7 +217,8 @@ def create_new(path: Path, data: bytes | str) -> bool:
     return True
 
 
-def _write_aside(path: Path, data: bytes | str) -> Path:
+def write_aside(path: Path, data: bytes | str) -> Path:
+    """``data`` in a new hidden sibling of ``path`` (see :func:`aside_path`), to publish."""
     temporary = aside_path(path)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

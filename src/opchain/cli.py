@@ -21,7 +21,7 @@ import yaml
 
 from opchain import __version__, gc, lineage, spec, table, verify
 from opchain.convert import export_dataset, import_dataset
-from opchain.errors import OpchainError
+from opchain.errors import OpchainError, storage_errors
 from opchain.index import Index
 from opchain.operations import sources
 from opchain.operations.sources import set_project_folder
@@ -183,7 +183,10 @@ def main(cli_args: Sequence[str]) -> int:
             if args.remove_damaged:
                 gc.refuse_while_running("verify --remove-damaged")
             results, inputs = verify.targets(plan, args.paths, args.all)
-            return verify.verify(plan.storage, results, inputs, remove_damaged=args.remove_damaged)
+            with storage_errors(plan.storage):  # --remove-damaged on a read-only root: one line
+                return verify.verify(
+                    plan.storage, results, inputs, remove_damaged=args.remove_damaged
+                )
         return gc.collect(plan, args.keep_last, args.older_than, dry_run=args.dry_run)
     except OpchainError as error:
         print(f"opchain: {error}", file=sys.stderr)

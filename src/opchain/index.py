@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from opchain.atomic import create_exclusive, make_dirs, write_atomic
+from opchain.atomic import create_exclusive, make_dirs, publish, write_aside, write_atomic
 from opchain.errors import PlanError, storage_errors
 
 __all__ = ["Index", "Reservation", "timestamp_name"]
@@ -136,9 +136,14 @@ class Index:
 
     def record_dataset(self, fingerprint: str, path: str) -> None:
         """Remember where a grid point was computed, for later grids that contain it."""
+        publish(*self.dataset_entry(fingerprint, path))
+
+    def dataset_entry(self, fingerprint: str, path: str) -> tuple[Path, Path]:
+        """The entry of :meth:`record_dataset` written aside: (temporary, entry), to publish
+        along with the dataset it names."""
         target = self.root / "datasets" / fingerprint
         make_dirs(target.parent)
-        write_atomic(target, json.dumps({"path": path}), clean=False)
+        return write_aside(target, json.dumps({"path": path})), target
 
     def computed_at(self, fingerprint: str) -> str | None:
         """Where a grid point was computed, if anywhere. An unreadable entry counts as none: it

@@ -9,8 +9,9 @@ dataset's lock in the storage root:
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
   (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
 - else read the input, call the operation, and write the result under a hidden temporary name beside
-  its final place (daf data, ``datastore/``, ``metadata.yaml``, ``input_metadata.yaml``), renamed
-  into place only when complete.
+  its final place (daf data, ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with
+  the digest of every file), published only when complete (:func:`opchain.atomic.publish`: flushed
+  to stable storage, renamed, its directory flushed).
 
 So a killed batch keeps its finished datasets and its rerun computes only the missing ones, and no
 process ever removes another live process's temporary. The step-level files are shared by the
@@ -163,6 +164,7 @@ def _make_dataset(
     source = storage / computed if computed else None
     temporary = aside_path(output)
     temporary.mkdir()
+    entry: list[tuple[Path, Path]] = []  # where the point was computed, published with it
     try:
         if source is not None and (source / "metadata.yaml").is_file():
             metadata = _link_result(source, temporary, spec, dataset, output)
@@ -178,9 +180,13 @@ def _make_dataset(
         files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
-        publish(temporary, output)
+        if "computed_in" not in metadata:
+            entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
+        publish(temporary, output, along=entry)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        for aside, _ in entry:
+            aside.unlink(missing_ok=True)
         if isinstance(error, Exception):
             full = storage_error(error, output)  # the storage's fault, not the operation's
             step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
@@ -193,8 +199,6 @@ def _make_dataset(
                 f"{type(error).__name__}: {error}"
             ) from error
         raise
-    if "computed_in" not in metadata:
-        index.record_dataset(dataset["fingerprint"], output.relative_to(storage).as_posix())
 
 
 def _compute(

@@ -70,8 +70,7 @@ def file_digest(path: Path) -> str:
 def files_of(folder: Path) -> list[str]:
     """Every file under ``folder``, as sorted POSIX paths relative to it."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
+    for root, _, files in os.walk(folder):
         relative = Path(root).relative_to(folder)
         found += [(relative / name).as_posix() for name in files]
     return sorted(found)
@@ -91,10 +90,13 @@ def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
 
 def sealed(text: str, files: dict[str, str]) -> str:
     """``text`` (a metadata.yaml without digests) followed by the digests of ``files`` and of
-    ``text`` itself."""
+    ``text`` itself, one ``"<file>": "<hex>"`` line each (JSON strings are YAML's double-quoted
+    ones: any file name reads back)."""
     own = hashlib.new(DIGESTS, text.encode()).hexdigest()
-    block = yaml.safe_dump({DIGESTS: {**files, METADATA: own}}, default_flow_style=False)
-    return text + block
+    digests = {**files, METADATA: own}
+    return (
+        text + f"{DIGESTS}:\n" + "".join(f'  {json.dumps(k)}: "{v}"\n' for k, v in digests.items())
+    )
 
 
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
@@ -128,7 +130,7 @@ def record_input(storage: Path, dataset: str) -> None:
     files, sizes and times). A dataset that carries its own digests (a result used as an input)
     needs none."""
     path = storage / dataset
-    if _unseal(_read(path / METADATA))[1] is not None:
+    if _BLOCK in _read(path / METADATA):  # a result: sealed already
         return
     stats = _stats(path)
     record = _record_path(storage, dataset)
@@ -229,13 +231,16 @@ def check_input(storage: Path, dataset: str) -> Check:
     if record.get("path") != dataset:
         check.verifiable = False
         return check
-    stats = _stats(path) if path.is_dir() else {}
+    if not path.is_dir():  # removed by its owner, not by the disk
+        check.changes.append("removed")
+        return check
+    stats = _stats(path)
     unchanged = {}
     for name, (size, mtime, digest) in record["files"].items():
         if name in stats and stats[name] != [size, mtime]:
             check.changes.append(f"{name}: modified")
         else:
-            unchanged[name] = digest  # a missing file is damage: nothing edits by deleting
+            unchanged[name] = digest  # a missing file counts as damage: a lost one looks alike
     _compare(check, path, unchanged)
     check.changes += [f"{name}: added" for name in stats if name not in record["files"]]
     return check
@@ -331,9 +336,9 @@ def verify(storage: Path, results: list[str], inputs: list[str], *, remove_damag
                 print(f"removed {check.dataset} (the next snakemake recomputes it)")
         elif check.changes:
             counts["changed"] += 1
+            changes = "; ".join(check.changes)
             print(
-                f"changed input {check.dataset}: {'; '.join(check.changes)} (edited since its "
-                "results were computed: the next snakemake recomputes from it)"
+                f"changed input {check.dataset}: {changes} (edited since it was used: not damage)"
             )
         else:
             counts["intact" if check.verifiable else "unverifiable"] += 1
