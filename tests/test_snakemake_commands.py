@@ -6,6 +6,7 @@ on operations; a flag with no sensible meaning here stops with one line."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -174,3 +175,16 @@ def test_no_line_grows_with_the_sweep(tmp_path: Path) -> None:
     dag = dot_nodes(project.snakemake("--dag").stdout)
     assert dag.count("add") == dag.count("jitter") == 100
     assert 0 < dag.count("gather") < 40
+
+
+def test_a_step_deleted_twice_is_recomputed_twice(tmp_path: Path) -> None:
+    """Many missing batches are gathered for the run that makes them; the same set missing again
+    later is gathered again, not found done."""
+    project = grid_project(tmp_path / "p", list(range(20)), batch=1)
+    project.snakemake()
+    step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+    for _ in range(2):
+        shutil.rmtree(step)
+        assert job_counts(project.snakemake("-n"))["add"] == 40
+        project.snakemake()
+        assert len(list(step.glob("dataset_*/metadata.yaml"))) == 40

@@ -23,6 +23,7 @@ and its batch number from its marker's path.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ JOBS_DIR = ".opchain/jobs"  # in the working directory: markers and step specs
 TABLES_DIR = ".opchain/chains"  # in the working directory: Snakemake's copies of chain tables
 GATHER_DIR = ".opchain/gather"  # in the working directory: outputs of the gather jobs
 LINE_BUDGET = 700  # characters of input paths a job may list (Snakemake prints them on one line)
+INCOMPLETE = "incomplete"  # gather jobs of the batches with a dataset missing, per run
 OWN_RULES = ("all", "chain_manifest", "chain_report", "chain_statistics", "gather")
 
 
@@ -120,7 +122,7 @@ class Jobs:
         makes a missing intermediate output only for a target or for a job that has to run, and
         what follows such a batch looks done. (Named by the set, so their gather jobs are new.)"""
         missing = [self.marker(s, b) for s in self.plan.steps.values() for b in s.incomplete]
-        return self.bounded(missing, f"incomplete/{fingerprint({'markers': missing})[:12]}")
+        return self.bounded(missing, f"{INCOMPLETE}/{fingerprint({'markers': missing})[:12]}")
 
     def bounded(self, files: list[str], name: str) -> list[str]:
         """``files``, or gather jobs that wait for them: at most LINE_BUDGET characters each."""
@@ -157,8 +159,10 @@ class Jobs:
 
     def drop_stale_markers(self) -> None:
         """Remove the markers of incomplete batches (a dataset was deleted, or a run was killed),
-        so Snakemake makes them again. Markers live in the working directory, never in the
-        storage root."""
+        so Snakemake makes them again, and the gather jobs of earlier runs' incomplete batches,
+        so a set that recurs (a step deleted twice) is gathered again. All of it lives in the
+        working directory, never in the storage root."""
+        shutil.rmtree(f"{GATHER_DIR}/{INCOMPLETE}", ignore_errors=True)
         for step in self.plan.steps.values():
             for b in step.incomplete:
                 Path(self.marker(step, b)).unlink(missing_ok=True)
