@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, Project, make_project
 from slurm_cluster import SlurmCluster, ensure_installed, start_cluster
 
@@ -45,11 +46,18 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
     tmp_path: Path, cluster: SlurmCluster
 ) -> None:
     grid = "type: myops:add\nparameter_ranges: {value: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
+    # ... then each run's two datasets of each setting combined both ways (a combination step).
+    chain = (
+        REPO / "tests/chains/basic/config/chains/basic.yaml"
+    ).read_text() + "  - shuffle.yaml\n"
+    shuffle = "type: shuffle\nparameters: {axis: row}\n"
     local = make_project(tmp_path / "local")
-    local.edit("config/operations/add_one.yaml", grid)
-    local.snakemake()  # batches of one dataset (auto, for steps of 16 datasets)
     remote = make_project(tmp_path / "remote")
-    remote.edit("config/operations/add_one.yaml", grid)
+    for project in (local, remote):
+        project.edit("config/operations/add_one.yaml", grid)
+        project.edit("config/operations/shuffle.yaml", shuffle)
+        project.edit("config/chains/basic.yaml", chain)
+    local.snakemake()  # batches of one dataset (auto, for steps of 16 datasets)
     remote.edit(
         "config/config.yaml", "storage: storage\nbatch: 8\nchains: [config/chains/basic.yaml]\n"
     )
@@ -62,9 +70,9 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
         p.stem for p in remote.root.glob(".snakemake/slurm_logs/**/*.log") if p.stem.isdigit()
     }
     assert job_ids, output
-    # 5 steps of 16 datasets (the grid of 8 on 2 inputs, then per run) in batches of 8: 10 SLURM
-    # jobs for 80 datasets.
-    assert len(job_ids) == 10, output
+    # 7 steps of 16 datasets (the grid of 8 on 2 inputs, then per run; shuffle: 2 pairs of each
+    # setting's 2 datasets) in batches of 8: 14 SLURM jobs for 112 datasets.
+    assert len(job_ids) == 14, output
     for job_id in job_ids:
         info = cluster.job_info(job_id)
         assert info.get("JobState") == "COMPLETED", (job_id, info)
@@ -81,7 +89,10 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
 
     # Byte-identical arrays (and every other data file) to the local run of the same chain,
     # whatever the batch size.
-    assert len(result_files(local)) >= 80 * 4
+    assert len(result_files(local)) >= 112 * 4
+    pairs = remote.storage / remote.manifest()["runs"][1]["steps"][3]["dir"]
+    combination = yaml.safe_load((pairs / "dataset_1" / "metadata.yaml").read_text())["combination"]
+    assert combination == {"name": "a_vs_b", "train": ["a"], "test": ["b"]}
     assert result_files(remote) == result_files(local)
 
     # Nothing left to do afterwards, through SLURM or locally.
