@@ -64,7 +64,7 @@ def test_the_python_blocks_run(example: Project, tmp_path: Path) -> None:
 
 
 def test_the_user_operation_runs_on_the_shipped_cells(example: Project) -> None:
-    (code,) = [c for c in blocks("python") if "@operation(" in c]
+    (code,) = [c for c in blocks("python") if '@operation("scale"' in c]
     (example.root / "mymodule.py").write_text(code, encoding="utf-8")
     (example.root / "scale.yaml").write_text("type: mymodule:scale\n", encoding="utf-8")
     example.opchain("run-op", "scale.yaml", "example_data/cells", "--cores", "1")
