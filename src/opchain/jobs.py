@@ -70,9 +70,8 @@ class Jobs:
     @property
     def rules(self) -> dict[str, tuple[dict[str, int], str, int]]:
         """One rule per operation the plan uses (job lines, --dag and the report name it): the
-        cluster resources it declares, its code's hash (in the rule's shell command, so
-        ``--list-changes code`` names the batches of an operation whose code changed) and its
-        threads (``resources={"threads": N}``, default 1): datasets a job computes at once."""
+        cluster resources it declares, its code's hash (the job refuses to run other code) and
+        its threads (``resources={"threads": N}``, default 1): datasets a job computes at once."""
         rules = {}
         for step in sorted(self.plan.steps.values(), key=lambda s: s.name):
             resources = dict(step.operation.operation.resources)

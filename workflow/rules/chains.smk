@@ -9,9 +9,8 @@ wildcard_constraints:
     b=r"\d+",
 
 
-def operation_rule(operation, resources, code, threads):
-    # A function, not the loop's body: shell commands are evaluated when a job runs, and a
-    # loop's variables would by then hold the last operation's values.
+for operation, (resources, code, threads) in JOBS.rules.items():
+
     rule:
         name:
             operation
@@ -29,16 +28,14 @@ def operation_rule(operation, resources, code, threads):
         params:
             computes=batch_params,
             describe=batch_message,
+            # The job refuses to run other code than the plan's. (Params, not the command:
+            # a shell command is evaluated when the job runs, after the loop has moved on.)
+            code=code,
         message:
             "{params.describe}"
         shell:
-            # The operation's code hash is part of the command: --list-changes code names the
-            # batches of an operation whose code changed, and the job refuses to run other code.
-            f"{PYTHON} -m opchain.run --code {code} --workers {{threads}} {{output:q}} {{log:q}}"
-
-
-for operation, (resources, code, threads) in JOBS.rules.items():
-    operation_rule(operation, resources, code, threads)
+            f"{PYTHON} -m opchain.run --code {{params.code}} --workers {{threads}} "
+            "{output:q} {log:q}"
 
 
 rule gather:
@@ -48,9 +45,13 @@ rule gather:
         gather_inputs,
     output:
         f"{GATHER_DIR}/{{name}}",
+    log:
+        f"logs/gather/{{name}}.log",
     localrule: True
+    conda:
+        "../../environment.yml"
     shell:
-        "touch {output:q}"
+        "touch {output:q} 2> {log:q}"
 
 
 rule chain_manifest:
