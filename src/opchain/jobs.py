@@ -128,10 +128,13 @@ class Jobs:
         if sum(len(f) + 2 for f in files) <= LINE_BUDGET:
             return files
         chunks: list[list[str]] = [[]]
+        size = 0  # characters of the last chunk
         for f in files:
-            if chunks[-1] and sum(len(g) + 2 for g in chunks[-1]) + len(f) + 2 > LINE_BUDGET:
+            if chunks[-1] and size + len(f) + 2 > LINE_BUDGET:
                 chunks.append([])
+                size = 0
             chunks[-1].append(f)
+            size += len(f) + 2
         nodes = [f"{GATHER_DIR}/{name}/{i}" for i in range(1, len(chunks) + 1)]
         self.gathers.update(zip(nodes, chunks, strict=True))
         return self.bounded(nodes, f"{name}/up")
