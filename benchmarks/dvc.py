@@ -29,8 +29,11 @@ the no-op rerun (twice); the grid grown by one point (the value list edited: the
 point's metrics file). Each cell is wall-clock seconds of a subprocess, the best over ``--rounds``
 rounds (and repeats); ratio = DVC / opchain, above 1 means opchain is faster. "limit" is the
 physical limit of the line: the same normalize of the same input into the same kind of dataset,
-N times (first run) or once (growth), in this process, with no tool around it; a no-op rerun and a
-listing have no work, so their limit is the start-up of a Python interpreter (``python -c pass``).
+N times (first run) or once (growth), in this process, with no tool around it (after one warm-up
+point: imports are not the work); a no-op rerun and a listing have no work, so their limit is the
+start-up of a Python interpreter (``python -c pass``). Limits and start-ups are measured in every
+round too, best kept. After each size's first run, the two tools' datasets of its first point are
+compared file by file: they must be byte-identical (the same work).
 
 Below the table, opchain's time split where it is cheap to see: ``python -m snakemake --version``
 (Snakemake's start-up), ``snakemake -n`` (start-up + planning) in each state (fresh project, after
@@ -316,13 +319,18 @@ def one_size(args: argparse.Namespace, dvc: Path, tmp: Path, n: int) -> None:
                 assert str(values(n + 1)[-1]) in out.replace(",", ""), out[-2000:]
         shutil.rmtree(o.root)
         shutil.rmtree(d.root)
+        # The limits and start-ups in every round too: the best of them, like the tools'.
+        best(parts, "limit, N points", limit_seconds(tmp / "limit", n))
+        best(parts, "limit, 1 point", limit_seconds(tmp / "limit", 1))
+        for name, command in (
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("snakemake --version", [sys.executable, "-m", "snakemake", "--version"]),
+            ("dvc --version", [str(dvc), "--version"]),
+        ):
+            best(parts, name, timed(command, tmp)[0])
         loads.append(load())
-    limits = {
-        LINES[0]: limit_seconds(tmp / "limit", n),
-        LINES[2]: limit_seconds(tmp / "limit", 1),
-    }
-    start = min(timed([sys.executable, "-c", "pass"], tmp)[0] for _ in range(3))
-    limits[LINES[1]] = limits[LINES[3]] = start
+    limits = {LINES[0]: parts["limit, N points"], LINES[2]: parts["limit, 1 point"]}
+    limits[LINES[1]] = limits[LINES[3]] = parts["python -c pass"]
     print(f"\nN = {n} points, best of {args.rounds} round(s); load average (1, 5, 15 min) "
           f"{' -> '.join(loads)}")  # fmt: skip
     print("| line | opchain s | DVC s | DVC / opchain | limit s | opchain / limit |")
@@ -332,17 +340,11 @@ def one_size(args: argparse.Namespace, dvc: Path, tmp: Path, n: int) -> None:
         print(f"| {line} | {a:.2f} | {b:.2f} | {b / a:.2f} | {lim:.3f} | {a / lim:.1f} |")
     print("limit: the normalize work in this process (N points; 1 point when grown), "
           "`python -c pass` for a no-op rerun and a listing")  # fmt: skip
-    startup = {
-        "snakemake --version": min(
-            timed([sys.executable, "-m", "snakemake", "--version"], tmp)[0] for _ in range(2)
-        ),
-        "dvc --version": min(timed([str(dvc), "--version"], tmp)[0] for _ in range(2)),
-    }
     print("\nWhere the time goes (best of the rounds, seconds):")
     print("| | opchain (snakemake) | DVC |")
     print("|---|---|---|")
-    print(f"| start-up (`--version`) | {startup['snakemake --version']:.2f} | "
-          f"{startup['dvc --version']:.2f} |")  # fmt: skip
+    print(f"| start-up (`--version`) | {parts['snakemake --version']:.2f} | "
+          f"{parts['dvc --version']:.2f} |")  # fmt: skip
     for state, line in (("fresh", LINES[0]), ("done", LINES[1]), ("grown", LINES[2])):
         dry, status = parts[f"opchain -n, {state}"], parts[f"dvc status, {state}"]
         print(f"| dry run (`snakemake -n` / `dvc status`), {state} | {dry:.2f} | {status:.2f} |")
