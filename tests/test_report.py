@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from conftest import Project
+from slurm_cluster import ensure_packages
 
 from opchain.datastore import url_to_path
 from opchain.report import new_figure, save_figures
@@ -36,12 +36,7 @@ JSON.parse(document.currentScript.dataset.steps).forEach((step, i) =>
 
 def debian_tool(command: str, *packages: str) -> str:
     """A Debian program, installed with apt-get when missing (as the SLURM test installs slurm)."""
-    if shutil.which(command) is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-            subprocess.run(install, env=env, capture_output=True, check=True)
+    ensure_packages(packages, lambda: shutil.which(command) is not None)
     return shutil.which(command) or command
 
 
