@@ -52,6 +52,7 @@ __all__ = [
     "record_input",
     "remove_dataset",
     "sealed",
+    "split_sealed",
     "targets",
     "verify",
 ]
@@ -97,6 +98,20 @@ def sealed(text: str, files: dict[str, str]) -> str:
     return (
         text + f"{DIGESTS}:\n" + "".join(f'  {json.dumps(k)}: "{v}"\n' for k, v in digests.items())
     )
+
+
+def split_sealed(text: str) -> tuple[str, dict[str, str] | None]:
+    """A metadata.yaml's text above its digests, and the digests as :func:`sealed` wrote them (one
+    JSON pair a line: no YAML parser needed), or None where it has none or they do not read
+    so (then hash anew)."""
+    at = text.rfind(_BLOCK.decode())
+    if at < 0:
+        return text, None
+    try:
+        pairs = [json.loads(f"{{{line}}}") for line in text[at + len(_BLOCK) :].splitlines()]
+    except ValueError:
+        return text[: at + 1], None
+    return text[: at + 1], {k: v for pair in pairs for k, v in pair.items()}
 
 
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
