@@ -58,7 +58,7 @@ from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
-from opchain.reuse import link_files, linked_metadata
+from opchain.reuse import link_files, linked_files, linked_metadata
 
 __all__ = ["main", "run_batch", "versions"]
 
@@ -304,34 +304,17 @@ def _link_group(
     """Link each of ``datasets`` (their locks held) from where it was computed (paired with it),
     all published in one round of flushes; log a line each; return the numbers of those linked
     (not those whose earlier place is gone: they are computed)."""
-    storage = Path(spec["storage"])
     moves: list[tuple[Path, Path]] = []
     written: list[Path] = []
     lines, linked = [], set()
     try:
         for dataset, computed in datasets:
-            try:
-                text = (storage / computed / "metadata.yaml").read_text(encoding="utf-8")
-            except OSError:  # removed since: compute it
+            output = Path(spec["storage"], spec["dir"], f"dataset_{dataset['k']}")
+            aside = _link_aside(spec, dataset, computed, output)
+            if aside is None:
                 continue
-            output = storage / spec["dir"] / f"dataset_{dataset['k']}"
-            temporary = aside_path(output)
-            temporary.mkdir()
-            moves.append((temporary, output))
-            written += link_files(storage / computed, temporary)
-            own = inputs_metadata(storage, dataset)
-            (temporary / "input_metadata.yaml").write_text(own, encoding="utf-8")
-            place = {
-                "seed": spec["seed"],
-                "run": spec["seed"],
-                "fingerprint": spec["fingerprint"],
-                "input": dataset["input"],
-                **combination_metadata(dataset),  # its members' datasets here
-                "output": output.relative_to(storage).as_posix(),
-            }
-            metadata = linked_metadata(text, place, temporary, own)
-            (temporary / "metadata.yaml").write_text(metadata, encoding="utf-8")
-            written += [temporary / "input_metadata.yaml", temporary / "metadata.yaml"]
+            moves.append((aside[0], output))
+            written += aside[1]
             lines.append(log_line(output.name, "INFO", f"the same point as {computed}: linked"))
             linked.add(dataset["k"])
         publish_many(moves, written)
@@ -341,6 +324,45 @@ def _link_group(
         raise
     os.write(log_fd, "".join(lines).encode())
     return linked
+
+
+def _link_aside(
+    spec: dict[str, Any], dataset: dict[str, Any], computed: str, output: Path
+) -> tuple[Path, list[Path]] | None:
+    """The dataset computed at ``computed`` linked into a temporary beside ``output``, with its
+    own metadata for that place; returns the temporary and what to flush before publishing it,
+    or None if the earlier place is gone (or lost a file) since: then it is computed."""
+    storage = Path(spec["storage"])
+    try:
+        body, digests = verify.split_sealed(
+            (storage / computed / "metadata.yaml").read_text(encoding="utf-8")
+        )
+    except OSError:
+        return None
+    temporary = aside_path(output)
+    temporary.mkdir()
+    try:
+        written = link_files(
+            storage / computed, temporary, linked_files(storage / computed, digests)
+        )
+        own = inputs_metadata(storage, dataset)
+        (temporary / "input_metadata.yaml").write_text(own, encoding="utf-8")
+        place = {
+            "seed": spec["seed"],
+            "run": spec["seed"],
+            "fingerprint": spec["fingerprint"],
+            "input": dataset["input"],
+            **combination_metadata(dataset),  # its members' datasets here
+            "output": output.relative_to(storage).as_posix(),
+        }
+        metadata = linked_metadata(body, digests, place, temporary, own)
+        (temporary / "metadata.yaml").write_text(metadata, encoding="utf-8")
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, FileNotFoundError):  # a file of it is gone
+            return None
+        raise
+    return temporary, [*written, temporary / "input_metadata.yaml", temporary / "metadata.yaml"]
 
 
 def _plain(value: Any) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -61,6 +62,7 @@ DIGESTS = "sha256"  # the key of the digests in metadata.yaml, and the algorithm
 METADATA = "metadata.yaml"
 _BLOCK = f"\n{DIGESTS}:\n".encode()  # where the digests start in a sealed metadata.yaml
 INPUTS = "inputs"  # the index's records of input datasets
+_DIGEST_LINE = re.compile(r'  ("(?:[^"\\]|\\.)*"): "([0-9a-f]{64})"')  # as sealed writes it
 
 
 def file_digest(path: Path) -> str:
@@ -107,11 +109,16 @@ def split_sealed(text: str) -> tuple[str, dict[str, str] | None]:
     at = text.rfind(_BLOCK.decode())
     if at < 0:
         return text, None
-    try:
-        pairs = [json.loads(f"{{{line}}}") for line in text[at + len(_BLOCK) :].splitlines()]
-    except ValueError:
+    lines = text[at + len(_BLOCK) :].splitlines()
+    pairs = [_DIGEST_LINE.fullmatch(line) for line in lines]
+    if not all(pairs):
         return text[: at + 1], None
-    return text[: at + 1], {k: v for pair in pairs for k, v in pair.items()}
+    return text[: at + 1], {_unquote(p[1]): p[2] for p in pairs if p is not None}
+
+
+def _unquote(name: str) -> str:
+    """A JSON string's value (most file names need no escape: no parser)."""
+    return name[1:-1] if "\\" not in name else json.loads(name)
 
 
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
