@@ -71,12 +71,12 @@ FORMATS = ("files", "h5")
 MAX_BATCH = 100  # datasets per job at most, unless JOBS_PER_STEP jobs would each hold more
 JOBS_PER_STEP = 16  # auto batches make at most this many jobs per step (or size / MAX_BATCH)
 JOB_SECONDS = 2.0  # expected work per job at least: its start-up (~0.4 s) stays under a fifth
-LINK_SECONDS = 0.001  # a dataset computed before, linked in bulk by the job (run.link_known)
+LINK_SECONDS = 0.001  # a dataset computed before, linked in bulk by the job (run._link_known)
 UNKNOWN_SECONDS = 0.05  # a dataset to compute whose operation has no recorded cost in the step
 PUBLISH_SECONDS = 0.01  # a computed dataset's own costs beyond its recorded wall time: digests,
 # metadata, flushes
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where there
 SAMPLE = 64  # dataset fingerprints of a new step looked up in the index to estimate its work
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where there
 DEFAULT_MAX_DATASETS = 1_000_000
 PROJECT_OPERATIONS = "scripts/operations"  # the project's own operations, found by name
 
@@ -294,8 +294,8 @@ class Step:
     def dataset_fingerprints(self) -> list[str]:
         """What each dataset k (at k - 1) is a pure function of: one setting applied to one
         upstream dataset."""
-        if self.upstream:
-            self.upstream.dataset_fingerprints  # noqa: B018 (computed once, then looked up)
+        if self.upstream is not None:
+            _ = self.upstream.dataset_fingerprints  # all of them once, looked up below
         return [self.dataset_fingerprint(k0) for k0 in range(self.size)]
 
     def dataset_fingerprint(self, k0: int) -> str:

@@ -8,6 +8,8 @@ dataset's lock in the storage root:
 - if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
   (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
+  the batch's known points are linked first, in bulk (:func:`_link_known`: groups under the
+  locks free at once, each group published in one round of flushes);
 - else read the input, call the operation, and write the result under a hidden temporary name beside
   its final place (daf data, ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with
   the digest of every file), published only when complete (:func:`opchain.atomic.publish`: flushed
