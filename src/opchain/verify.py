@@ -56,6 +56,7 @@ __all__ = [
     "split_sealed",
     "targets",
     "verify",
+    "without_digests",
 ]
 
 DIGESTS = "sha256"  # the key of the digests in metadata.yaml, and the algorithm
@@ -106,14 +107,21 @@ def split_sealed(text: str) -> tuple[str, dict[str, str] | None]:
     """A metadata.yaml's text above its digests, and the digests as :func:`sealed` wrote them (one
     JSON pair a line: no YAML parser needed), or None where it has none or they do not read
     so (then hash anew)."""
-    at = text.rfind(_BLOCK.decode())
-    if at < 0:
+    body = without_digests(text)
+    if len(body) == len(text):
         return text, None
-    lines = text[at + len(_BLOCK) :].splitlines()
+    lines = text[len(body) + len(_BLOCK) - 1 :].splitlines()
     pairs = [_DIGEST_LINE.fullmatch(line) for line in lines]
     if not all(pairs):
-        return text[: at + 1], None
-    return text[: at + 1], {_unquote(p[1]): p[2] for p in pairs if p is not None}
+        return body, None
+    return body, {_unquote(p[1]): p[2] for p in pairs if p is not None}
+
+
+def without_digests(text: str) -> str:
+    """A metadata.yaml's text above its digests (all of it where it has none): what a reader of
+    its entries parses, half the lines of a dataset of many files."""
+    at = text.rfind(_BLOCK.decode())
+    return text if at < 0 else text[: at + 1]
 
 
 def _unquote(name: str) -> str:
