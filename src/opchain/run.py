@@ -282,6 +282,8 @@ def _link_known(
     index, step_dir = Index(storage), storage / spec["dir"]
     known = {d["k"]: found for d in datasets if (found := index.computed_at(d["fingerprint"]))}
     linkable = [d for d in datasets if d["k"] in known]
+    if not linkable:
+        return datasets
     done: set[int] = set()
     log_fd = os.open(step_dir / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     with closing_fd(log_fd):
