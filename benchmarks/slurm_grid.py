@@ -16,6 +16,7 @@ done in one Python process (no SLURM, no Snakemake, no opchain job around it).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from conftest import make_project  # noqa: E402
 from slurm_cluster import ensure_installed, start_cluster  # noqa: E402
 
 from opchain.daf import FilesWriter, open_reader  # noqa: E402
-from opchain.plan import batch_size  # noqa: E402
+from opchain.jobs import JOBS_DIR  # noqa: E402
 
 
 def floor_per_dataset(folder: Path, n: int = 200) -> float:
@@ -84,7 +85,10 @@ def main() -> None:
         step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
         by_batch: dict[int, list[tuple[float, float]]] = defaultdict(list)
         datasets = sorted(step.glob("dataset_*"), key=lambda p: int(p.name[8:]))
-        size = batch_size(len(datasets), "auto")  # datasets per job, as the plan cut them
+        # Datasets per job, as the plan cut them (recorded in the step's spec).
+        size = json.loads(next(project.root.glob(f"{JOBS_DIR}/add/*/*/step.json")).read_text())[
+            "batch"
+        ]
         for dataset in datasets:
             meta = yaml.safe_load((dataset / "metadata.yaml").read_text())
             by_batch[(int(dataset.name[8:]) - 1) // size].append(

@@ -8,6 +8,7 @@ layout, one metadata.yaml per dataset, byte-identical arrays, kill safety per da
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -61,9 +62,10 @@ def test_batch_sizes_give_byte_identical_results(tmp_path: Path) -> None:
         step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
         assert sorted(int(p.name[8:]) for p in step.glob("dataset_*")) == list(range(1, 41))
         assert len(list(step.glob("dataset_*/metadata.yaml"))) == 40
-    # auto: ceil(40 / 16) = 3 datasets a job; 1: today's one job per dataset; 7: as set.
+    # auto: 40 cheap datasets are less work than a second job's start-up is worth: one job;
+    # 1: one job per dataset; 7: as set.
     assert jobs == {
-        "auto": {"add": 14, "jitter": 14},
+        "auto": {"add": 1, "jitter": 1},
         1: {"add": 40, "jitter": 40},
         7: {"add": 6, "jitter": 6},
     }
@@ -74,7 +76,8 @@ def test_batch_sizes_give_byte_identical_results(tmp_path: Path) -> None:
 def test_a_grid_of_1000_settings_plans_as_20_jobs(tmp_path: Path) -> None:
     project = grid_project(tmp_path / "p", list(range(1000)))
     dry = project.snakemake("-n")
-    # 2,000 datasets per step at 100 a job; the command lines stay short (the spec is a file).
+    # 2,000 datasets per step of no recorded cost (~100 s of work at 50 ms each): at most 100 a
+    # job; the command lines stay short (the spec is a file).
     assert job_counts(dry) == {"add": 20, "jitter": 20}
     commands = [line for line in dry.stdout.splitlines() if "-m opchain.run" in line]
     assert len(commands) == 40 and max(map(len, commands)) < 400
@@ -127,6 +130,80 @@ def test_extending_a_grid_computes_only_the_new_points(tmp_path: Path) -> None:
     step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
     assert " done: " not in (step / "operation.log").read_text()
     np.testing.assert_array_equal(x_of(step / "dataset_2"), np.arange(12.0).reshape(4, 3) + 40)
+
+
+def step_dirs_of(project: Project) -> list[Path]:
+    return [project.storage / s["dir"] for s in project.manifest()["runs"][0]["steps"]]
+
+
+def nothing_to_do(project: Project) -> bool:
+    result = project.snakemake()
+    return "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_a_small_sweep_of_a_cheap_operation_is_one_job_and_stays_so(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", list(range(10)))  # 20 datasets a step
+    # The dry run proposes the batches the real run records with the step, and every later
+    # run cuts: the same markers and params, so nothing reruns.
+    assert job_counts(project.snakemake("-n")) == {"add": 1, "jitter": 1}
+    assert job_counts(project.snakemake()) == {"add": 1, "jitter": 1}
+    for step in project.manifest()["runs"][0]["steps"]:
+        entry = json.loads(
+            (project.storage / ".opchain" / "steps" / step["fingerprint"]).read_text()
+        )
+        assert entry["batch"] == 20
+    assert nothing_to_do(project)
+    # An explicit batch still wins.
+    project.edit(
+        "config/config.yaml", "storage: storage\nbatch: 5\nchains: [config/chains/basic.yaml]\n"
+    )
+    assert job_counts(project.snakemake("-n")) == {"add": 4, "jitter": 4}
+
+
+def test_growing_a_grid_by_one_computes_only_it_and_links_the_rest(tmp_path: Path) -> None:
+    values = list(range(1, 21))
+    project = grid_project(tmp_path / "p", values)
+    project.snakemake()
+    before = arrays(project)
+    scores = {p.name: metadata(p)["results"] for p in step_dirs_of(project)[1].glob("dataset_*")}
+    project.edit(GRID, f"type: myops:add\nparameter_ranges: {{value: {[*values, 21]}}}\n")
+    # The grown steps are mostly links: one job each, not a job per few datasets.
+    assert job_counts(project.snakemake()) == {"add": 1, "jitter": 1}
+    for step in step_dirs_of(project):
+        log = (step / "operation.log").read_text()
+        assert log.count(" done: ") == 2 and log.count(": linked") == 40  # 1 point x 2 inputs
+    after = arrays(project)
+    for key, data in before.items():  # dataset_k of 20 settings is dataset_k' of 21
+        position, name, file = key.split("/")
+        i, j = divmod(int(name.removeprefix("dataset_")) - 1, 20)
+        assert after[f"{position}/dataset_{i * 21 + j + 1}/{file}"] == data
+    jitter = step_dirs_of(project)[1]
+    for name, results in scores.items():
+        i, j = divmod(int(name.removeprefix("dataset_")) - 1, 20)
+        linked = metadata(jitter / f"dataset_{i * 21 + j + 1}")
+        assert linked["results"] == results and linked["computed_in"]
+        assert linked["output"] == jitter.relative_to(project.storage).as_posix() + (
+            f"/dataset_{i * 21 + j + 1}"
+        )
+    verified = project.opchain("verify").stdout
+    assert " intact, 0 damaged" in verified and "unverifiable" not in verified
+    assert nothing_to_do(project)
+    # A forced rerun still computes every point afresh, into new directories.
+    project.snakemake("-R", "add")
+    for step in step_dirs_of(project):
+        log = (step / "operation.log").read_text()
+        assert log.count(" done: ") == 42 and "linked" not in log
+
+
+def test_recorded_costs_keep_a_heavy_grown_grid_on_many_jobs(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", [1, 2, 3, 4])  # 8 datasets a step
+    project.snakemake()
+    # As if each point had taken 3 s: the 8 new points of the grown grid are ~24 s of work.
+    for meta in project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"):
+        meta.write_text(re.sub(r"wall_seconds: [0-9.]+", "wall_seconds: 3.0", meta.read_text()))
+    project.edit(GRID, "type: myops:add\nparameter_ranges: {value: [1, 2, 3, 4, 5, 6, 7, 8]}\n")
+    # 12 jobs of 2 s would hold that work; 16 datasets cut in batches of 2: 8 jobs a step.
+    assert job_counts(project.snakemake("-n")) == {"add": 8, "jitter": 8}
 
 
 def test_editing_an_upstream_step_reruns_everything_below_it(tmp_path: Path) -> None:

@@ -281,7 +281,7 @@ def test_grid_gives_one_job_per_setting_and_input_dataset(project: Project) -> N
     )
     project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [grid.yaml]\n")
     result = project.snakemake()
-    assert job_count(result) == 6  # 3 settings x 2 datasets: a small grid, a job per dataset
+    assert job_count(result) == 6  # 3 settings x 2 datasets, a job per dataset (batch: 1)
     (step,) = [project.storage / s["dir"] for s in project.manifest()["runs"][0]["steps"]]
     a, b = np.arange(12.0).reshape(4, 3), np.arange(12.0).reshape(4, 3) * 2
     for k, (data, value) in enumerate([(a, 100), (a, 200), (a, 300), (b, 100), (b, 200), (b, 300)]):

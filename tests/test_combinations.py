@@ -36,7 +36,8 @@ def three_inputs(root: Path, chains: dict[str, list[str]]) -> Project:
     for name, steps in chains.items():
         project.edit(f"config/chains/{name}.yaml", f"input_path: inputs\noperations: {steps}\n")
     paths = [f"config/chains/{name}.yaml" for name in chains]
-    project.edit("config/config.yaml", f"storage: storage\nchains: {paths}\n")
+    # A job per dataset: the tests follow single batches of a combination's members.
+    project.edit("config/config.yaml", f"storage: storage\nbatch: 1\nchains: {paths}\n")
     return project
 
 

@@ -57,7 +57,7 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
         project.edit("config/operations/add_one.yaml", grid)
         project.edit("config/operations/shuffle.yaml", shuffle)
         project.edit("config/chains/basic.yaml", chain)
-    local.snakemake()  # batches of one dataset (auto, for steps of 16 datasets)
+    local.snakemake()  # batches of one dataset (the test config's batch: 1)
     remote.edit(
         "config/config.yaml", "storage: storage\nbatch: 8\nchains: [config/chains/basic.yaml]\n"
     )

@@ -35,6 +35,7 @@ __all__ = [
     "make_dirs",
     "pid_alive",
     "publish",
+    "publish_many",
     "remove_leftovers",
     "set_durable",
     "write_aside",
@@ -124,6 +125,19 @@ def publish(
         os.replace(aside, name)
     flush(list(dict.fromkeys(name.parent for _, name in moves)))
     return True
+
+
+def publish_many(moves: Sequence[tuple[Path, Path]], written: Iterable[Path]) -> None:
+    """Give many complete temporaries their final names in two rounds of flushes for all of them:
+    ``written`` (what in them is not durable yet) before the renames, the directories holding
+    the new names after. For datasets of hard links of published files (a bulk link), whose
+    linked data is durable already: only their directories and their own new files are written."""
+    if not moves:
+        return
+    flush(written)
+    for temporary, final in moves:
+        os.replace(temporary, final)
+    flush(list(dict.fromkeys(final.parent for _, final in moves)))
 
 
 def make_dirs(path: Path) -> None:

@@ -39,6 +39,8 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from opchain.atomic import set_durable
 from opchain.errors import SpecError
 from opchain.index import Index
@@ -66,8 +68,15 @@ __all__ = [
 ]
 
 FORMATS = ("files", "h5")
-MAX_BATCH = 100  # datasets per job at most: a cheap dataset costs ~1-5 ms, a job's start ~130 ms
-JOBS_PER_STEP = 16  # auto batches aim at this many jobs per step: every core and node gets work
+MAX_BATCH = 100  # datasets per job at most, unless JOBS_PER_STEP jobs would each hold more
+JOBS_PER_STEP = 16  # auto batches make at most this many jobs per step (or size / MAX_BATCH)
+JOB_SECONDS = 2.0  # expected work per job at least: its start-up (~0.4 s) stays under a fifth
+LINK_SECONDS = 0.001  # a dataset computed before, linked in bulk by the job (run._link_known)
+UNKNOWN_SECONDS = 0.05  # a dataset to compute whose operation has no recorded cost in the step
+PUBLISH_SECONDS = 0.01  # a computed dataset's own costs beyond its recorded wall time: digests,
+# metadata, flushes
+SAMPLE = 64  # dataset fingerprints of a new step looked up in the index to estimate its work
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where there
 DEFAULT_MAX_DATASETS = 1_000_000
 PROJECT_OPERATIONS = "scripts/operations"  # the project's own operations, found by name
 
@@ -81,12 +90,19 @@ def fingerprint(components: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(components).encode()).hexdigest()[:20]
 
 
-def batch_size(datasets: int, setting: int | str) -> int:
-    """Datasets per job: ``setting`` if a number, else enough for ~16 jobs per step, at most 100
-    (a fixed function of the step, so every process of a run cuts the same batches)."""
+def batch_size(datasets: int, setting: int | str, seconds: float | None = None) -> int:
+    """Datasets per job: ``setting`` if a number; else from ``seconds``, the step's expected work:
+    as many jobs as hold JOB_SECONDS each (no job's start-up outweighs its work), at most
+    JOBS_PER_STEP or one per MAX_BATCH datasets, whichever is more (heavy steps still fill
+    every core and node). ``seconds`` None: a step reserved before batch sizes were recorded,
+    cut as it was then (~16 jobs of at most 100 datasets), so its batches stay the same."""
     if setting != "auto":
         return int(setting)
-    return max(1, min(MAX_BATCH, math.ceil(datasets / JOBS_PER_STEP)))
+    if seconds is None:
+        return max(1, min(MAX_BATCH, math.ceil(datasets / JOBS_PER_STEP)))
+    most = max(JOBS_PER_STEP, math.ceil(datasets / MAX_BATCH))
+    jobs = max(1, min(most, datasets, int(seconds / JOB_SECONDS)))
+    return math.ceil(datasets / jobs) if datasets else 1
 
 
 @dataclass(frozen=True)
@@ -278,25 +294,27 @@ class Step:
     def dataset_fingerprints(self) -> list[str]:
         """What each dataset k (at k - 1) is a pure function of: one setting applied to one
         upstream dataset."""
-        upstream = self.upstream.dataset_fingerprints if self.upstream else self.input_fingerprints
+        if self.upstream is not None:
+            _ = self.upstream.dataset_fingerprints  # all of them once, looked up below
+        return [self.dataset_fingerprint(k0) for k0 in range(self.size)]
+
+    def dataset_fingerprint(self, k0: int) -> str:
+        """Dataset ``k0 + 1``'s fingerprint alone (planning samples a few of a large step's)."""
+        if "dataset_fingerprints" in self.__dict__:
+            return self.dataset_fingerprints[k0]
+        setting = self.settings[k0 % len(self.settings)]
         if self.units is None:
-            return [
-                fingerprint({**self._point, "setting": setting, "upstream": source})
-                for source in upstream
-                for setting in self.settings
-            ]
-        fingerprints = []
-        for k0 in range(self.size):
-            combination = self.combination(k0)
-            roles = {
-                role: [[name, upstream[i]] for name, i in getattr(combination, role)]
-                for role in ("train", "test")
-            }
-            setting = self.settings[k0 % len(self.settings)]
-            fingerprints.append(
-                fingerprint({**self._point, "setting": setting, combination.name: roles})
-            )
-        return fingerprints
+            source = self._upstream_fingerprint(k0 // len(self.settings))
+            return fingerprint({**self._point, "setting": setting, "upstream": source})
+        combination = self.combination(k0)
+        roles = {
+            role: [[name, self._upstream_fingerprint(i)] for name, i in getattr(combination, role)]
+            for role in ("train", "test")
+        }
+        return fingerprint({**self._point, "setting": setting, combination.name: roles})
+
+    def _upstream_fingerprint(self, i: int) -> str:
+        return self.upstream.dataset_fingerprint(i) if self.upstream else self.input_fingerprints[i]
 
     def source(self) -> dict[str, Any]:
         """What the step's source_operation.yaml records: the operation as it runs."""
@@ -376,7 +394,9 @@ class Plan:
                 step.forced = True
                 if self.index.lookup("steps", step.fingerprint) is None:
                     continue  # a new step: its proposed directory is new already
-                parent, entry = step.dir.rpartition("/")[0], {"components": step.components}
+                parent = step.dir.rpartition("/")[0]
+                # Its batches stay as planned: the DAG of this run is cut already.
+                entry = {"components": step.components, "batch": step.batch}
                 step.dir = self.index.propose(
                     "steps", step.fingerprint, parent, entry, replace=True
                 )
@@ -491,11 +511,58 @@ class Plan:
             step.units = combination_units(operation, names, paths)
             if upstream is None and op.check_members:
                 self._check_inputs(step)
-        step.batch = batch_size(step.size, operation.batch or self.batch)
-        step.dir = self._directory("steps", key, parent, {"components": components})
+        found = self.index.lookup("steps", key)
+        step.batch = self._batch(step, found)
+        step.dir = (
+            found["dir"]
+            if found is not None
+            else self.index.propose(
+                "steps", key, parent, {"components": components, "batch": step.batch}
+            )
+        )
         step.existing = existing_datasets(self.storage / step.dir)
         self.steps[key] = step
         return step
+
+    def _batch(self, step: Step, found: dict[str, Any] | None) -> int:
+        """The step's datasets per job. An auto batch is decided once, when the step is first
+        planned, and recorded in its index entry: every later run, and every cluster job's
+        parse, cuts the same batches (same markers, same params), though its datasets, once
+        computed, would cost far less now."""
+        setting = step.operation.batch or self.batch
+        if setting != "auto" or found is None:
+            seconds = None if setting != "auto" else self._expected_seconds(step)
+            return batch_size(step.size, setting, seconds)
+        return found.get("batch") or batch_size(step.size, setting)
+
+    def _expected_seconds(self, step: Step) -> float:
+        """The work of a new step's jobs, from a sample of its datasets: one computed before
+        (its fingerprint is in the index) is only linked; one to compute costs what the known
+        points of the step cost when they were computed (their metadata's ``cost``), else
+        UNKNOWN_SECONDS."""
+        size = step.size
+        if size == 0:
+            return 0.0
+        picks = (
+            sorted({i * size // SAMPLE for i in range(SAMPLE)}) if size > SAMPLE else range(size)
+        )
+        known = [
+            found
+            for k0 in picks
+            if (found := self.index.computed_at(step.dataset_fingerprint(k0))) is not None
+        ]
+        costs = [c for c in map(self._recorded_seconds, known[:3]) if c is not None]
+        compute = sum(costs) / len(costs) + PUBLISH_SECONDS if costs else UNKNOWN_SECONDS
+        share = len(known) / len(picks)
+        return size * (share * LINK_SECONDS + (1 - share) * compute)
+
+    def _recorded_seconds(self, dataset: str) -> float | None:
+        """What computing ``dataset`` took (its metadata's cost), if it says."""
+        try:
+            text = (self.storage / dataset / "metadata.yaml").read_text(encoding="utf-8")
+            return float(yaml.load(text, Loader=_LOADER)["cost"]["wall_seconds"])
+        except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+            return None
 
     def _check_inputs(self, step: Step) -> None:
         """A first step's combination operation looks at its input datasets before anything

@@ -8,6 +8,8 @@ dataset's lock in the storage root:
 - if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
   (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
+  the batch's known points are linked first, in bulk (:func:`_link_known`: groups under the
+  locks free at once, each group published in one round of flushes);
 - else read the input, call the operation, and write the result under a hidden temporary name beside
   its final place (daf data, ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with
   the digest of every file), published only when complete (:func:`opchain.atomic.publish`: flushed
@@ -47,6 +49,7 @@ from opchain.atomic import (
     aside_path,
     make_dirs,
     publish,
+    publish_many,
     remove_leftovers,
     set_durable,
     write_atomic,
@@ -57,11 +60,12 @@ from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
+from opchain.reuse import link_files, linked_files, linked_metadata
 
 __all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
-OWN_FILES = ("metadata.yaml", "input_metadata.yaml")  # a dataset's own: written for each place
+LINK_GROUP = 256  # datasets linked under their locks at once, in one round of flushes
 log = logging.getLogger("opchain")
 
 
@@ -114,6 +118,8 @@ def run_batch(spec: dict[str, Any], code: str | None = None, workers: int = 1) -
     outputs = [step_dir / f"dataset_{d['k']}" for d in spec["datasets"]]
     # The fast path: no lock needed to see a finished dataset.
     todo = [d for d, output in zip(spec["datasets"], outputs, strict=True) if not output.exists()]
+    if not spec.get("forced"):  # a forced step computes afresh what was computed before
+        todo = _link_known(spec, todo, leftovers)
     shares = [todo[i::workers] for i in range(min(workers, len(todo)))] or [[]]
     if len(shares) == 1:
         _make_datasets(operation, spec, shares[0], leftovers)
@@ -145,6 +151,9 @@ def _make_datasets(
                     continue
                 if output.name in leftovers:  # we hold the lock: none of them is a live one
                     remove_leftovers(output)
+                computed = None if spec.get("forced") else index.computed_at(dataset["fingerprint"])
+                if computed and _link_group(spec, [(dataset, computed)], log_fd):
+                    continue
                 with _step_log(output, log_fd) as step_log:
                     _make_dataset(operation, spec, dataset, output, index, step_log, meter)
 
@@ -159,29 +168,21 @@ def _make_dataset(
     meter: CostMeter,
 ) -> None:
     storage = Path(spec["storage"])
-    # A forced rerun computes afresh what was computed before.
-    computed = None if spec.get("forced") else index.computed_at(dataset["fingerprint"])
-    source = storage / computed if computed else None
     temporary = aside_path(output)
     temporary.mkdir()
     entry: list[tuple[Path, Path]] = []  # where the point was computed, published with it
     try:
-        if source is not None and (source / "metadata.yaml").is_file():
-            metadata = _link_result(source, temporary, spec, dataset, output)
-            step_log.info("the same point as %s: linked", computed)
-        else:
-            step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
-            metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
-            scores = metadata["results"]
-            step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
+        step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
+        metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
+        scores = metadata["results"]
+        step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         (temporary / "input_metadata.yaml").write_text(
             inputs_metadata(storage, dataset), encoding="utf-8"
         )
-        files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
+        files = verify.digests(temporary, {})
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
-        if "computed_in" not in metadata:
-            entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
+        entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
         publish(temporary, output, along=entry)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -271,44 +272,101 @@ def _compute(
     }
 
 
-def _link_result(
-    source: Path, temporary: Path, spec: dict[str, Any], dataset: dict[str, Any], output: Path
-) -> dict[str, Any]:
-    """The dataset computed earlier at ``source``, without copying array bytes: hard links of its
-    immutable files (a copy across filesystems), and metadata for its new place, with the digests
-    of the linked files."""
-    for folder, _, files in os.walk(source):
-        target = temporary / Path(folder).relative_to(source)
-        target.mkdir(exist_ok=True)
-        for name in files:
-            if Path(folder) == source and name in OWN_FILES:
-                continue
-            try:
-                os.link(Path(folder) / name, target / name)
-            except OSError:  # another filesystem, or no hard links there
-                shutil.copy2(Path(folder) / name, target / name)
-    metadata = yaml.safe_load((source / "metadata.yaml").read_text(encoding="utf-8"))
+def _link_known(
+    spec: dict[str, Any], datasets: list[dict[str, Any]], leftovers: set[str]
+) -> list[dict[str, Any]]:
+    """Link the datasets of the batch computed before (their fingerprints are in the index) in
+    groups of LINK_GROUP, each under the locks free at once; return the datasets still to make
+    (to compute, or whose lock another process holds: those wait their turn one by one)."""
     storage = Path(spec["storage"])
-    old, new = metadata["output"], output.relative_to(storage).as_posix()
-    linked = metadata.get(verify.DIGESTS) or {}
-    return {
-        **metadata,
-        verify.DIGESTS: {name: d for name, d in linked.items() if name not in OWN_FILES},
-        "seed": spec["seed"],
-        "run": spec["seed"],
-        "fingerprint": spec["fingerprint"],
-        "input": dataset["input"],
-        **combination_metadata(dataset),  # its members' datasets here
-        "output": new,
-        "computed_in": metadata.get("computed_in", old),
-        **{
-            key: {
-                name: url.replace(f"/{old}/", f"/{new}/", 1)
-                for name, url in (metadata.get(key) or {}).items()
-            }
-            for key in ("datastore", "figures")
-        },
-    }
+    index, step_dir = Index(storage), storage / spec["dir"]
+    known = {d["k"]: found for d in datasets if (found := index.computed_at(d["fingerprint"]))}
+    linkable = [d for d in datasets if d["k"] in known]
+    if not linkable:
+        return datasets
+    done: set[int] = set()
+    log_fd = os.open(step_dir / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    with closing_fd(log_fd):
+        for at in range(0, len(linkable), LINK_GROUP):
+            group = {f"{spec['dir']}/dataset_{d['k']}": d for d in linkable[at : at + LINK_GROUP]}
+            with locks.holding(storage, list(group)) as held:
+                mine = [group[name] for name in group if name in held]
+                for dataset in mine:
+                    output = step_dir / f"dataset_{dataset['k']}"
+                    if output.exists():  # finished by another run meanwhile
+                        done.add(dataset["k"])
+                    elif output.name in leftovers:  # we hold the lock: none is a live one
+                        remove_leftovers(output)
+                todo = [(d, known[d["k"]]) for d in mine if d["k"] not in done]
+                done |= _link_group(spec, todo, log_fd)
+    return [d for d in datasets if d["k"] not in done]
+
+
+def _link_group(
+    spec: dict[str, Any], datasets: list[tuple[dict[str, Any], str]], log_fd: int
+) -> set[int]:
+    """Link each of ``datasets`` (their locks held) from where it was computed (paired with it),
+    all published in one round of flushes; log a line each; return the numbers of those linked
+    (not those whose earlier place is gone: they are computed)."""
+    moves: list[tuple[Path, Path]] = []
+    written: list[Path] = []
+    lines, linked = [], set()
+    try:
+        for dataset, computed in datasets:
+            output = Path(spec["storage"], spec["dir"], f"dataset_{dataset['k']}")
+            aside = _link_aside(spec, dataset, computed, output)
+            if aside is None:
+                continue
+            moves.append((aside[0], output))
+            written += aside[1]
+            lines.append(log_line(output.name, "INFO", f"the same point as {computed}: linked"))
+            linked.add(dataset["k"])
+        publish_many(moves, written)
+    except BaseException:
+        for temporary, _ in moves:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    os.write(log_fd, "".join(lines).encode())
+    return linked
+
+
+def _link_aside(
+    spec: dict[str, Any], dataset: dict[str, Any], computed: str, output: Path
+) -> tuple[Path, list[Path]] | None:
+    """The dataset computed at ``computed`` linked into a temporary beside ``output``, with its
+    own metadata for that place; returns the temporary and what to flush before publishing it,
+    or None if the earlier place is gone (or lost a file) since: then it is computed."""
+    storage = Path(spec["storage"])
+    try:
+        body, digests = verify.split_sealed(
+            (storage / computed / "metadata.yaml").read_text(encoding="utf-8")
+        )
+    except OSError:
+        return None
+    temporary = aside_path(output)
+    temporary.mkdir()
+    try:
+        written = link_files(
+            storage / computed, temporary, linked_files(storage / computed, digests)
+        )
+        own = inputs_metadata(storage, dataset)
+        (temporary / "input_metadata.yaml").write_text(own, encoding="utf-8")
+        place = {
+            "seed": spec["seed"],
+            "run": spec["seed"],
+            "fingerprint": spec["fingerprint"],
+            "input": dataset["input"],
+            **combination_metadata(dataset),  # its members' datasets here
+            "output": output.relative_to(storage).as_posix(),
+        }
+        metadata = linked_metadata(body, digests, place, temporary, own)
+        (temporary / "metadata.yaml").write_text(metadata, encoding="utf-8")
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, FileNotFoundError):  # a file of it is gone
+            return None
+        raise
+    return temporary, [*written, temporary / "input_metadata.yaml", temporary / "metadata.yaml"]
 
 
 def _plain(value: Any) -> Any:
@@ -394,6 +452,12 @@ def _original(source: dict[str, Any]) -> str:
     return Path(source["file"]).read_text(encoding="utf-8")
 
 
+def log_line(name: str, level: str, message: str, created: float | None = None) -> str:
+    """One line of a step's operation.log, about dataset ``name``."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    return f"{stamp} {name} {level} {message}\n"
+
+
 @contextmanager
 def _step_log(output: Path, log_fd: int) -> Iterator[logging.Logger]:
     """Collect one dataset's log lines and append them to the step's operation.log (open as
@@ -402,8 +466,9 @@ def _step_log(output: Path, log_fd: int) -> Iterator[logging.Logger]:
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-            lines.append(f"{stamp} {output.name} {record.levelname} {record.getMessage()}\n")
+            lines.append(
+                log_line(output.name, record.levelname, record.getMessage(), record.created)
+            )
 
     step_log = logging.getLogger("opchain.step")
     handler = Collect()

@@ -24,6 +24,7 @@ import yaml
 from opchain.atomic import make_dirs, write_atomic
 from opchain.errors import OpchainError
 from opchain.index import timestamp_name
+from opchain.verify import without_digests
 
 __all__ = [
     "HISTORY_DIR",
@@ -57,7 +58,11 @@ def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = No
     if cache is not None and dataset in cache:
         return cache[dataset]
     path = storage / dataset / "metadata.yaml"
-    metadata = yaml.load(path.read_text(encoding="utf-8"), LOADER) if path.is_file() else None
+    metadata = (
+        yaml.load(without_digests(path.read_text(encoding="utf-8")), LOADER)
+        if path.is_file()
+        else None
+    )
     if cache is not None:
         cache[dataset] = metadata
     return metadata

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -52,14 +53,17 @@ __all__ = [
     "record_input",
     "remove_dataset",
     "sealed",
+    "split_sealed",
     "targets",
     "verify",
+    "without_digests",
 ]
 
 DIGESTS = "sha256"  # the key of the digests in metadata.yaml, and the algorithm
 METADATA = "metadata.yaml"
 _BLOCK = f"\n{DIGESTS}:\n".encode()  # where the digests start in a sealed metadata.yaml
 INPUTS = "inputs"  # the index's records of input datasets
+_DIGEST_LINE = re.compile(r'  ("(?:[^"\\]|\\.)*"): "([0-9a-f]{64})"')  # as sealed writes it
 
 
 def file_digest(path: Path) -> str:
@@ -97,6 +101,32 @@ def sealed(text: str, files: dict[str, str]) -> str:
     return (
         text + f"{DIGESTS}:\n" + "".join(f'  {json.dumps(k)}: "{v}"\n' for k, v in digests.items())
     )
+
+
+def split_sealed(text: str) -> tuple[str, dict[str, str] | None]:
+    """A metadata.yaml's text above its digests, and the digests as :func:`sealed` wrote them (one
+    JSON pair a line: no YAML parser needed), or None where it has none or they do not read
+    so (then hash anew)."""
+    body = without_digests(text)
+    if len(body) == len(text):
+        return text, None
+    lines = text[len(body) + len(_BLOCK) - 1 :].splitlines()
+    pairs = [_DIGEST_LINE.fullmatch(line) for line in lines]
+    if not all(pairs):
+        return body, None
+    return body, {_unquote(p[1]): p[2] for p in pairs if p is not None}
+
+
+def without_digests(text: str) -> str:
+    """A metadata.yaml's text above its digests (all of it where it has none): what a reader of
+    its entries parses, half the lines of a dataset of many files."""
+    at = text.rfind(_BLOCK.decode())
+    return text if at < 0 else text[: at + 1]
+
+
+def _unquote(name: str) -> str:
+    """A JSON string's value (most file names need no escape: no parser)."""
+    return name[1:-1] if "\\" not in name else json.loads(name)
 
 
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
