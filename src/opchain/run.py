@@ -51,7 +51,7 @@ from opchain.atomic import (
     set_durable,
     write_atomic,
 )
-from opchain.daf import FilesWriter, open_reader
+from opchain.daf import FilesReader, FilesWriter, Reader, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
@@ -216,7 +216,7 @@ def _compute(
     meter.start()
     data = open_inputs(storage, dataset)
     for path in dataset_inputs(dataset):
-        verify.record_input(storage, path)
+        _record_input(storage, path)
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
@@ -335,8 +335,33 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
     (training members first)."""
     combination = dataset.get("combination")
     if combination is None:
-        return open_reader(storage / dataset["input"])
-    return {name: open_reader(storage / path) for name, path in members(combination).items()}
+        return _readers([storage / dataset["input"]])[0]
+    paths = {name: storage / path for name, path in members(combination).items()}
+    return dict(zip(paths, _readers(list(paths.values())), strict=True))
+
+
+_LAST_READERS: dict[Path, Reader] = {}  # the readers this process handed out for its last dataset
+
+
+def _readers(paths: list[Path]) -> list[Reader]:
+    """A reader of each of ``paths``: reopened from the last dataset's reader of the same path,
+    so the datasets of a batch that read one input (every setting of a grid) read and check its
+    files once. Only the last dataset's readers are kept, so a process holds no more than one
+    dataset needs."""
+    fresh = [
+        known.reopened()
+        if isinstance(known := _LAST_READERS.get(path), FilesReader)
+        else open_reader(path)
+        for path in paths
+    ]
+    _LAST_READERS.clear()
+    _LAST_READERS.update(zip(paths, fresh, strict=True))
+    return fresh
+
+
+@cache  # once per input and process: the record is made before the first result is published
+def _record_input(storage: Path, path: str) -> None:
+    verify.record_input(storage, path)
 
 
 def dataset_inputs(dataset: dict[str, Any]) -> list[str]:
