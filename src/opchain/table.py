@@ -24,6 +24,7 @@ import yaml
 from opchain.atomic import make_dirs, write_atomic
 from opchain.errors import OpchainError
 from opchain.index import timestamp_name
+from opchain.verify import without_digests
 
 __all__ = [
     "HISTORY_DIR",
@@ -52,12 +53,14 @@ TRAILING = ["start", "seconds", "host"]
 
 
 def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = None) -> Any:
-    """The metadata.yaml of the result ``dataset`` (relative to ``storage``), None if it is not a
-    result (an input dataset)."""
+    """The metadata.yaml of the result ``dataset`` (relative to ``storage``) without its digests
+    (tables need none, and they are a third of its YAML), None if it is not a result (an input
+    dataset)."""
     if cache is not None and dataset in cache:
         return cache[dataset]
     path = storage / dataset / "metadata.yaml"
-    metadata = yaml.load(path.read_text(encoding="utf-8"), LOADER) if path.is_file() else None
+    text = without_digests(path.read_text(encoding="utf-8")) if path.is_file() else None
+    metadata = yaml.load(text, LOADER) if text is not None else None
     if cache is not None:
         cache[dataset] = metadata
     return metadata

@@ -99,6 +99,12 @@ def sealed(text: str, files: dict[str, str]) -> str:
     )
 
 
+def without_digests(text: str) -> str:
+    """A metadata.yaml's text above its digests (all of it if it has none)."""
+    at = text.rfind(_BLOCK.decode())
+    return text if at < 0 else text[: at + 1]
+
+
 def _unseal(raw: bytes) -> tuple[bytes, dict[str, str] | None]:
     """(the text the digests cover, the digests), or (raw, None) for a metadata.yaml without."""
     at = raw.rfind(_BLOCK)
