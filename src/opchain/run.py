@@ -178,7 +178,7 @@ def _make_dataset(
         (temporary / "input_metadata.yaml").write_text(
             inputs_metadata(storage, dataset), encoding="utf-8"
         )
-        files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {})
+        files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {}, _LINKED)
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         if "computed_in" not in metadata:
@@ -341,6 +341,7 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
     return dict(zip(paths, _readers(list(paths.values())), strict=True))
 
 
+_LINKED: dict[tuple[int, ...], str] = {}  # digests of linked files (verify.digests)
 _LAST_READERS: dict[Path, Reader] = {}  # the readers this process handed out for its last dataset
 
 
