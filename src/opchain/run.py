@@ -43,6 +43,7 @@ import yaml
 from opchain import __version__, locks, verify
 from opchain.atomic import (
     aside_path,
+    link_same,
     make_dirs,
     publish,
     remove_leftovers,
@@ -175,15 +176,16 @@ def _make_dataset(
             metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
             scores = metadata["results"]
             step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
-        (temporary / "input_metadata.yaml").write_text(
-            inputs_metadata(storage, dataset), encoding="utf-8"
-        )
+        described = inputs_metadata(storage, dataset)
+        _write_input_metadata(temporary / "input_metadata.yaml", described)
         files = verify.digests(temporary, metadata.pop(verify.DIGESTS, None) or {}, _LINKED)
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         if "computed_in" not in metadata:
             entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
         publish(temporary, output, along=entry)
+        _LAST_INPUT_METADATA.clear()
+        _LAST_INPUT_METADATA[described] = output / "input_metadata.yaml"
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         for aside, _ in entry:
@@ -339,6 +341,17 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
         return _readers([storage / dataset["input"]])[0]
     paths = {name: storage / path for name, path in members(combination).items()}
     return dict(zip(paths, _readers(list(paths.values())), strict=True))
+
+
+_LAST_INPUT_METADATA: dict[str, Path] = {}  # the last published input_metadata.yaml, by text
+
+
+def _write_input_metadata(path: Path, text: str) -> None:
+    """Write ``path``, or link the last result's if it is the same text (one file less to
+    create: a batch's results mostly read one input)."""
+    last = _LAST_INPUT_METADATA.get(text)
+    if last is None or not link_same(last, path, text.encode()):
+        path.write_text(text, encoding="utf-8")
 
 
 _LINKED: dict[tuple[int, ...], str] = {}  # digests of linked files (verify.digests)

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from opchain.atomic import aside_path
+from opchain.atomic import aside_path, link_same
 from opchain.daf.interface import (
     Matrix,
     Reader,
@@ -359,16 +359,6 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _read_head(path: Path, size: int) -> bytes | None:
-    """The first ``size + 1`` bytes of the file ``path`` (so a longer file compares unequal
-    to ``size`` bytes), or ``None`` if it can't be read."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(size + 1)
-    except OSError:
-        return None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -1009,22 +999,12 @@ class FilesWriter(FilesReader, Writer):
         self._write_file(f"{stem}.yaml", sidecar_yaml({**content, "version": [1, 0]}))
 
     def _write_file(self, name: str, text: str) -> None:
-        """Write ``text`` as the file ``name``, or hard-link the file of that name of the dataset
-        this one copies its axes from if it holds exactly these bytes: a result carries many small
-        files unchanged (the header, items, sidecars), and creating a file costs a filesystem
-        ~1 ms (an inode, a journal entry, a flush when published) where a link costs ~0.03 ms.
-        The link is compared after it is made, so a file replaced meanwhile is never kept."""
-        target, data = self._dir / name, text.encode()
-        if self._like is not None and _read_head(self._like / name, len(data)) == data:
-            try:
-                os.link(self._like / name, target)
-            except OSError:
-                pass  # another file system, or no hard links there: write it
-            else:
-                if _read_head(target, len(data)) == data:
-                    return
-                target.unlink()
-        _write_text(target, text)
+        """Write ``text`` as the file ``name``, or link the file of that name of the dataset this
+        one copies its axes from if it holds exactly these bytes (the header, an item, a sidecar
+        carried unchanged: see :func:`~opchain.atomic.link_same`)."""
+        target = self._dir / name
+        if self._like is None or not link_same(self._like / name, target, text.encode()):
+            _write_text(target, text)
 
 
 def sidecar_yaml(content: dict[str, str | int | list[int]]) -> str:
