@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/scale.py [--plan-size 100000] [--exec-size 10000] [--peer-sizes
 1000,3000,10000] [--peer-exec 300] [--cores 2] [--small] [--dir /tmp]
-[--parts planning,execution,durability]``
+[--breakdown-sizes 1000,10000] [--peer-ms MS] [--parts planning,execution,durability,breakdown]``
 
 The sweep is one chain step, the trivial operation of ``benchmarks/plan.py`` (``touch``: copy a 2x2
 array) with a grid of settings (its ``tag`` parameter) on 10 input datasets, so ``size`` result
@@ -29,7 +29,23 @@ machine hits both); the difference per dataset is what surviving a power cut cos
 flush schemes that were considered, on one small dataset directory (a sweep dataset's 7 files) in this
 process: no flush, an ``fsync`` per file one after the other, the same side by side (opchain's),
 and one ``syncfs`` of the whole filesystem; each before the rename, with the directory flushed
-after. Every number is from this one run.
+after.
+
+Part 4, breakdown, the realistic case: a grid of ``normalize`` (``target_sum`` swept) over the
+shipped cells data (``storage/example_data/cells``: one sparse UMI matrix of 262 cells and
+vectors, axes and items carried along), at each of ``--breakdown-sizes`` result datasets, run
+whole (``snakemake --cores N``, the chain's table and report included), in phases: ``snakemake
+--version`` (start-up: the interpreter and Snakemake's CLI), ``snakemake -n`` less that
+(planning: the Snakefile, opchain's plan, the DAG; opchain's own ``plan_from_config`` shown
+apart), the step jobs (``--omit-from chain_manifest``, less a dry run), then the chain's tables
+(``--until chain_manifest``) and its report (the rest), each less a dry run. The step jobs are
+split into the operation's own time (each result's ``cost.wall_seconds`` in its metadata:
+reading the input, computing, writing the data), job start-up (importing what ``python -m
+opchain.run`` imports, times the jobs), and the rest (per dataset: locks, metadata, digests,
+publishing), all over ``--cores``. The peer is a hand-written Snakefile of one ``script:`` job
+per result dataset doing the same normalize with numpy (read the CSR files, scale, ``np.save``):
+its dry run is measured at each size, its marginal cost per dataset at ``--peer-exec`` datasets,
+and its time at the size is their sum (it grows linearly). Every number is from this one run.
 """
 
 from __future__ import annotations
@@ -43,10 +59,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from plan import BENCHOPS, PLAIN_NUMPY_SCRIPT, REPO, env_for, job_count, snakemake
+from plan import BENCHOPS, PLAIN_NUMPY_SCRIPT, REPO, env_for, job_count, run, snakemake
 
 from opchain import atomic
 from opchain.daf import FilesWriter, open_reader
@@ -289,6 +306,157 @@ def durability(args: argparse.Namespace, tmp: Path) -> None:
         print(f"| {name} | {ms:.2f} |")
 
 
+CELLS = REPO / "storage" / "example_data" / "cells"
+
+# The peer's step: normalize the input's CSR rows to the grid point's target sum, with numpy.
+NORMALIZE_SCRIPT = """\
+import numpy as np
+import yaml
+
+base = snakemake.input[0].removesuffix(".data")  # noqa: F821
+sidecar = yaml.safe_load(open(base + ".yaml"))
+data = np.fromfile(base + ".data", sidecar["data_dtype"])
+indptr = np.fromfile(base + ".indptr", sidecar["indptr_dtype"])
+rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+sums = np.bincount(rows, data, minlength=len(indptr) - 1)
+target = 1000 + int(snakemake.wildcards.s)  # noqa: F821
+factors = np.divide(target, sums, out=np.zeros_like(sums), where=sums != 0)
+np.save(snakemake.output[0], (data * factors[rows]).astype(data.dtype))  # noqa: F821
+"""
+
+NORMALIZE_PEER = """\
+# Hand-written peer: one job per result dataset, normalize over the cells data ({size} settings).
+INPUT = "{matrix}.data"
+
+
+rule all:
+    input:
+        [f"out/{{s}}.npy" for s in range({size})],
+    default_target: True
+
+
+rule normalize:
+    input:
+        INPUT,
+    output:
+        "out/{{s}}.npy",
+    script:
+        "normalize.py"
+"""
+
+
+def write_cells_sweep(root: Path, size: int) -> None:
+    """An opchain project: one chain of one normalize step with ``size`` target sums."""
+    (root / "config" / "chains").mkdir(parents=True)
+    (root / "config" / "operations").mkdir(parents=True)
+    shutil.copytree(CELLS, root / "storage" / "example_data" / "cells")
+    sums = ", ".join(str(1000 + t) for t in range(size))
+    (root / "config" / "operations" / "normalize.yaml").write_text(
+        f'type: normalize\nparameter_ranges: {{matrix: ["cell,gene#UMIs"], target_sum: [{sums}]}}\n'
+    )
+    (root / "config" / "chains" / "sweep.yaml").write_text(
+        "input_path: example_data/cells\noperations: [normalize.yaml]\n"
+    )
+    (root / "config" / "config.yaml").write_text(
+        "storage: storage\nchains: [config/chains/sweep.yaml]\n"
+    )
+
+
+def write_cells_peer(root: Path, size: int) -> None:
+    root.mkdir(parents=True)
+    matrix = root / "in" / "cell,gene#UMIs"
+    shutil.copytree(CELLS / "daf_example", matrix.parent)
+    (root / "Snakefile").write_text(NORMALIZE_PEER.format(size=size, matrix=matrix))
+    (root / "normalize.py").write_text(NORMALIZE_SCRIPT)
+
+
+def best_of(times: int, fn: Callable[[], tuple[float, str]]) -> float:
+    return min(fn()[0] for _ in range(times))
+
+
+def job_startup_seconds(project: Path) -> float:
+    """What a job process pays before its first dataset: the interpreter and what
+    ``python -m opchain.run`` imports (scipy.sparse too: the input is sparse), best of 3."""
+    code = "import opchain.run, scipy.sparse"
+    return best_of(3, lambda: run([sys.executable, "-c", code], project))
+
+
+def operation_seconds(project: Path) -> float:
+    """The sum of every result's own cost (``cost.wall_seconds`` in its metadata.yaml)."""
+    total = 0.0
+    for path in (project / "storage").glob("operation_chain_results/*/*/dataset_*/metadata.yaml"):
+        text = path.read_text(encoding="utf-8")
+        total += float(text.split("  wall_seconds: ", 1)[1].split("\n", 1)[0])
+    return total
+
+
+def opchain_phases(project: Path, cores: int) -> tuple[dict[str, float], int]:
+    """Seconds of each phase of a whole run of the sweep ``project``, and its step jobs."""
+    snakefile = REPO / "Snakefile"
+    startup = best_of(3, lambda: run([sys.executable, "-m", "snakemake", "--version"], project))
+    dry = snakemake(snakefile, project, cores, "-n")[0]
+    steps, out = snakemake(snakefile, project, cores, "--omit-from", "chain_manifest")
+    jobs = job_count(out, "normalize")
+    # The same plan with every batch done: what the table's and the report's runs cost besides
+    # their job. Best of 2: these jobs take about a second, the load's noise as much.
+    rest_dry = best_of(2, lambda: snakemake(snakefile, project, cores, "-n"))
+    tables = snakemake(snakefile, project, cores, "--until", "chain_manifest")[0]
+    report = snakemake(snakefile, project, cores)[0]
+    phases = {
+        "start-up": startup,
+        "planning": dry - startup,
+        "step jobs": steps - dry,
+        "tables": tables - rest_dry,
+        "report": report - rest_dry,
+    }
+    return phases, jobs
+
+
+def breakdown(args: argparse.Namespace, tmp: Path) -> None:
+    print(
+        f"\nBreakdown: normalize over the shipped cells data, snakemake --cores {args.cores}, "
+        "the whole run (step jobs, the chain's table and report)"
+    )
+    if args.peer_ms is None:
+        peer = tmp / "peer-cells"
+        write_cells_peer(peer, args.peer_exec)
+        peer_dry = snakemake(peer / "Snakefile", peer, args.cores, "-n")[0]
+        peer_run = snakemake(peer / "Snakefile", peer, args.cores)[0]
+        peer_per = (peer_run - peer_dry) / args.peer_exec
+        shutil.rmtree(peer)
+        print(f"peer: {1000 * peer_per:.1f} ms per dataset (measured at {args.peer_exec:,})")
+    else:
+        peer_per = args.peer_ms / 1000
+        print(f"peer: {args.peer_ms:.1f} ms per dataset (given, from an earlier run)")
+    print("| N | jobs | start-up s | planning s (opchain's own) | step jobs s: operation + job "
+          "start-up + per-dataset rest | tables s | report s | total s | ms/dataset above the "
+          "operation | peer s | peer / opchain |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in args.breakdown_sizes:
+        project = tmp / f"cells-{size}"
+        write_cells_sweep(project, size)
+        own = plan_us_per_dataset(project, size) * size / 1e6
+        phases, jobs = opchain_phases(project, args.cores)
+        work = operation_seconds(project) / args.cores
+        starts = job_startup_seconds(project) * jobs / args.cores
+        rest = phases["step jobs"] - work - starts
+        total = sum(phases.values())
+        above = (phases["step jobs"] - work) / size * 1000
+        shutil.rmtree(project)
+        peer = tmp / "peer-cells"
+        write_cells_peer(peer, size)
+        peer_at = snakemake(peer / "Snakefile", peer, args.cores, "-n")[0] + peer_per * size
+        shutil.rmtree(peer)
+        print(f"| {size:,} | {jobs} | {phases['start-up']:.2f} | {phases['planning']:.2f} "
+              f"({own:.2f}) | {phases['step jobs']:.2f}: {work:.2f} + {starts:.2f} + {rest:.2f} | "
+              f"{phases['tables']:.2f} | {phases['report']:.2f} | {total:.2f} | {above:.2f} | "
+              f"~{peer_at:.0f} | {peer_at / total:.1f}x |", flush=True)  # fmt: skip
+    print(
+        "targets: peer / opchain >= 20x at 1,000 and >= 50x at 10,000; <= 2 ms per dataset "
+        "above the operation's own work"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plan-size", type=int, default=100_000)
@@ -298,20 +466,24 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="every size / 10, a quick check")
     parser.add_argument("--dir", default=None)
-    parser.add_argument("--parts", default="planning,execution,durability")
+    parser.add_argument("--breakdown-sizes", default="1000,10000")
+    parser.add_argument("--peer-ms", type=float, default=None, help="breakdown: skip measuring "
+                        "the peer's marginal cost, use this one (ms per dataset)")  # fmt: skip
+    parser.add_argument("--parts", default="planning,execution,durability,breakdown")
     args = parser.parse_args()
     args.peer_sizes = [int(s) for s in args.peer_sizes.split(",")]
+    args.breakdown_sizes = [int(s) for s in args.breakdown_sizes.split(",")]
     if args.small:
         args.plan_size //= 10
         args.exec_size //= 10
         args.peer_sizes = [s // 10 for s in args.peer_sizes]
         args.peer_exec //= 10
+        args.breakdown_sizes = [s // 10 for s in args.breakdown_sizes]
     tmp = Path(tempfile.mkdtemp(prefix="opchain-scale-", dir=args.dir))
     try:
         for part in args.parts.split(","):
-            {"planning": planning, "execution": execution, "durability": durability}[part](
-                args, tmp
-            )
+            parts = {"planning": planning, "execution": execution, "durability": durability}
+            {**parts, "breakdown": breakdown}[part](args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

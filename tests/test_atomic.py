@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from opchain import locks
-from opchain.atomic import aside_path, create_exclusive, write_atomic
+from opchain.atomic import aside_path, create_exclusive, link_same, write_atomic
 
 
 def test_write_atomic_replaces_the_file_and_leaves_nothing_aside(tmp_path: Path) -> None:
@@ -88,3 +88,15 @@ def test_lock_excludes_other_processes_and_breaks_a_dead_owners(tmp_path: Path) 
         lock = tmp_path / locks.LOCKS_DIR / "steps%a%dataset_1"
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_link_same_links_only_a_file_of_exactly_these_bytes(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(b"dtype: int64\n")
+    assert link_same(source, tmp_path / "same", b"dtype: int64\n")
+    assert (tmp_path / "same").stat().st_ino == source.stat().st_ino
+    for name, data in (("shorter", b"dtype: int6"), ("longer", b"dtype: int64\n\n")):
+        assert not link_same(source, tmp_path / name, data)
+        assert not (tmp_path / name).exists()
+    assert not link_same(tmp_path / "missing", tmp_path / "none", b"")
+    assert not (tmp_path / "none").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from conftest import Project, make_project
+from conftest import REPO, Project, make_project
 from test_chains import job_count, job_counts, x_of
 
 GRID = "config/operations/grid.yaml"
@@ -71,6 +71,41 @@ def test_batch_sizes_give_byte_identical_results(tmp_path: Path) -> None:
     }
     assert len(results["auto"]) == 80
     assert results["auto"] == results[1] == results[7]
+
+
+def test_a_batch_writes_what_jobs_of_one_write_and_links_what_it_carries(tmp_path: Path) -> None:
+    """normalize over the shipped cells data: a job of 5 datasets (its input read and checked
+    once, then reopened) writes every file byte for byte as 5 jobs of one dataset do; what a
+    result carries unchanged (axes, vectors and their sidecars, the sparse structure, the
+    header) is hard links of the input's files, and `opchain verify` finds every result intact."""
+    found = {}
+    for batch in (1, 5):
+        project = grid_project(tmp_path / str(batch), [], batch=batch)
+        cells = REPO / "storage" / "example_data" / "cells"
+        shutil.copytree(cells, project.storage / "example_data" / "cells")
+        project.edit(GRID, "type: normalize\nparameter_ranges: {matrix: ['cell,gene#UMIs'], "
+                     "target_sum: [10, 100, 1000, 10000, 100000]}\n")  # fmt: skip
+        project.edit(
+            "config/chains/basic.yaml", "input_path: example_data/cells\noperations: [grid.yaml]\n"
+        )
+        assert job_counts(project.snakemake()) == {"normalize": 5 // batch}
+        step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+        found[batch] = {
+            f"{path.parent.name}/{path.name}": path.read_bytes()
+            for path in sorted(step.glob("dataset_*/*"))
+            if path.name != "metadata.yaml"  # its times and costs differ
+        }
+        assert ", 0 damaged" in project.opchain("verify").stdout  # exit status 0 too
+    assert found[1] == found[5] and len(found[5]) == 5 * 29
+    source = project.storage / "example_data" / "cells" / "daf_example"
+    linked = {
+        path.name
+        for path in (step / "dataset_3").iterdir()
+        if (source / path.name).exists()
+        and path.stat().st_ino == (source / path.name).stat().st_ino
+    }
+    carried = {key.split("/")[1] for key in found[5] if key.startswith("dataset_3/")}
+    assert linked == carried - {"cell,gene#UMIs.data", "created.yaml", "input_metadata.yaml"}
 
 
 def test_a_grid_of_1000_settings_plans_as_20_jobs(tmp_path: Path) -> None:

@@ -1222,6 +1222,74 @@ def test_whole_mapped_files_are_linked_and_parts_copied(tmp_path: Path) -> None:
     assert (tmp_path / "copy" / "cell#ends.array").stat().st_nlink == 1
 
 
+def test_sidecars_are_the_bytes_yaml_safe_dump_writes() -> None:
+    """Sidecars are formatted without PyYAML's emitter, byte for byte as it would write them."""
+    for dtype in (*files_module.DTYPES, *files_module.INDEX_DTYPES):
+        for content in (
+            {"dtype": dtype, "shape": [3]},
+            {"dtype": dtype, "shape": [0, 2**40]},
+            {"data_dtype": dtype, "indices_dtype": "int32", "indptr_dtype": "int64", "nnz": 0,
+             "shape": [5, 7]},
+        ):  # fmt: skip
+            content = {**content, "version": [1, 0]}
+            assert files_module.sidecar_yaml(content) == yaml.safe_dump(content)
+
+
+def test_a_carried_vector_links_its_files_and_an_equal_header_and_items(tmp_path: Path) -> None:
+    """Copying a binary vector links its data file and, when it holds exactly the bytes that
+    would be written, its sidecar; the header and items too. A file with other bytes (a flow
+    style sidecar, another item) is written: the result is the same bytes either way."""
+    with FilesWriter(tmp_path / "source") as writer:
+        writer.create_axis("cell", ["a", "b", "c"])
+        writer.set_data1d("cell#score", np.array([1.0, 2.0, 3.0], dtype=np.float32))
+        writer.set_data1d("cell#count", np.array([1, 2, 3], dtype=np.int64))
+        writer.set_item("organism", "human")
+    source = tmp_path / "source"
+    (source / "cell#count.yaml").write_text("{dtype: int64, shape: [3], version: [1, 0]}\n")
+    reader = FilesReader(source)
+    with FilesWriter(tmp_path / "copy") as writer:
+        writer.copy_axis(reader, "cell")
+        for name in reader.data1d_names("cell"):
+            writer.copy_data1d(reader, name)
+        writer.set_item("organism", "human")
+        writer.set_item("tissue", "blood")
+    copy = tmp_path / "copy"
+    same = {
+        path.name
+        for path in copy.iterdir()
+        if (source / path.name).exists()
+        and path.stat().st_ino == (source / path.name).stat().st_ino
+    }
+    assert same == {
+        "__daf__.yaml", "cell#.csv", "cell#score.array", "cell#score.yaml", "cell#count.array",
+        "organism.yaml",
+    }  # fmt: skip
+    assert (
+        copy / "cell#count.yaml"
+    ).read_text() == "dtype: int64\nshape:\n- 3\nversion:\n- 1\n- 0\n"
+    copied = FilesReader(copy)
+    assert copied.get_data1d("cell#score").tolist() == [1.0, 2.0, 3.0]
+    assert copied.get_data1d("cell#count").tolist() == [1, 2, 3]
+    assert copied.get_item("tissue") == "blood"
+
+
+def test_a_reopened_reader_shares_its_checks_but_not_its_matrices(tmp_path: Path) -> None:
+    """A reopened reader (a batch job's next dataset of the same input) reads and checks nothing
+    again, and gets its own csr_matrix over the same mapped buffers: changing the one an
+    operation got changes nothing the next gets. Closing one leaves the other open."""
+    reader, first = csr_source(tmp_path)
+    values = first.toarray().tolist()
+    first.data = np.zeros_like(first.data)  # an operation's own business
+    reader.close()
+    again = reader.reopened()
+    matrix = again.get_data2d("cell,gene#UMIs")
+    assert matrix is not first and matrix.toarray().tolist() == values
+    key = ("csr", "cell", "gene", "UMIs")
+    assert again._cache[key] is reader._cache[key]  # mapped and checked once
+    with pytest.raises(DafError, match="closed"):
+        reader.axis_names()
+
+
 def test_copy_axis_links_a_checked_axis_file(store: str, tmp_path: Path) -> None:
     """Between files datasets an axis is copied as its file, linked, after a check that holds
     hashes, not strings; otherwise from its entries. Either way, the same entries."""

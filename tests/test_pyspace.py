@@ -142,3 +142,24 @@ def test_upstream_constraints_admit_settings_by_the_earlier_steps_parameters(
         "'value > jitter.scale': no setting satisfies the upstream constraints after "
         "add.value=1, jitter.scale=5"
     )
+
+
+def test_a_grid_validates_each_value_and_still_names_the_bad_one(tmp_path: Path) -> None:
+    """A grid's settings share their values (a 3 x 3 grid has 6), so validation remembers the
+    values found valid; a bad value is still refused at its line, whatever came before it, and
+    a value valid for one parameter is not taken as valid for another."""
+    from opchain.spec import load_operation
+
+    spec = tmp_path / "op.yaml"
+    spec.write_text(
+        "type: kfold\nparameter_ranges:\n  axis: [cell]\n  folds: [2, 3, 4]\n  fold: [0, 1]\n"
+    )
+    assert len(load_operation(spec).settings) == 6
+    spec.write_text(
+        "type: kfold\nparameter_ranges:\n  axis: [cell]\n  folds: [2, 3, 1]\n  fold: [0, 1]\n"
+    )  # folds 1 comes after fold 1 was found valid
+    with pytest.raises(SpecError, match=r"op.yaml:4: .*1 is less than the minimum of 2"):
+        load_operation(spec)
+    spec.write_text("type: kfold\nparameter_ranges:\n  axis: [cell, 2]\n  folds: [2]\n")
+    with pytest.raises(SpecError, match=r"op.yaml:3: .*2 is not of type 'string'"):
+        load_operation(spec)

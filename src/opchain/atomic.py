@@ -32,6 +32,7 @@ __all__ = [
     "create_new",
     "durable",
     "flush",
+    "link_same",
     "make_dirs",
     "pid_alive",
     "publish",
@@ -242,3 +243,31 @@ def write_aside(path: Path, data: bytes | str) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return temporary
+
+
+def link_same(source: Path, target: Path, data: bytes) -> bool:
+    """Hard-link ``source`` as the new file ``target`` if it holds exactly ``data``; ``False``
+    (nothing made) if not, or if it can't be linked. Creating a file costs a filesystem an inode,
+    a journal entry and a flush when published (~1 ms on this project's VM), a link ~0.03 ms,
+    and a result carries many small files unchanged. The link is compared after it is made, so
+    a file replaced meanwhile is never kept."""
+    if _head(source, len(data)) != data:
+        return False
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links there
+        return False
+    if _head(target, len(data)) == data:
+        return True
+    target.unlink()
+    return False
+
+
+def _head(path: Path, size: int) -> bytes | None:
+    """The first ``size + 1`` bytes of the file ``path`` (so a longer file compares unequal to
+    ``size`` bytes), or ``None`` if it can't be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(size + 1)
+    except OSError:
+        return None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
@@ -34,7 +33,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -47,6 +45,7 @@ import yaml
 from opchain import __version__, locks, verify
 from opchain.atomic import (
     aside_path,
+    link_same,
     make_dirs,
     publish,
     publish_many,
@@ -54,7 +53,7 @@ from opchain.atomic import (
     set_durable,
     write_atomic,
 )
-from opchain.daf import FilesWriter, open_reader
+from opchain.daf import FilesReader, FilesWriter, Reader, open_reader
 from opchain.datastore import DataStore
 from opchain.errors import OpchainError, storage_error, storage_errors
 from opchain.index import Index
@@ -124,6 +123,9 @@ def run_batch(spec: dict[str, Any], code: str | None = None, workers: int = 1) -
     if len(shares) == 1:
         _make_datasets(operation, spec, shares[0], leftovers)
     else:  # datasets are independent: one process each, forked with the operation loaded
+        import multiprocessing  # here: ~50 ms of imports a one-thread job does without
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
             done = [pool.submit(_make_datasets, operation, spec, s, leftovers) for s in shares]
@@ -176,14 +178,15 @@ def _make_dataset(
         metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
         scores = metadata["results"]
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
-        (temporary / "input_metadata.yaml").write_text(
-            inputs_metadata(storage, dataset), encoding="utf-8"
-        )
-        files = verify.digests(temporary, {})
+        described = inputs_metadata(storage, dataset)
+        _write_input_metadata(temporary / "input_metadata.yaml", described)
+        files = verify.digests(temporary, {}, _LINKED)
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
         publish(temporary, output, along=entry)
+        _LAST_INPUT_METADATA.clear()
+        _LAST_INPUT_METADATA[described] = output / "input_metadata.yaml"
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         for aside, _ in entry:
@@ -217,7 +220,7 @@ def _compute(
     meter.start()
     data = open_inputs(storage, dataset)
     for path in dataset_inputs(dataset):
-        verify.record_input(storage, path)
+        _record_input(storage, path)
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
@@ -393,8 +396,45 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
     (training members first)."""
     combination = dataset.get("combination")
     if combination is None:
-        return open_reader(storage / dataset["input"])
-    return {name: open_reader(storage / path) for name, path in members(combination).items()}
+        return _readers([storage / dataset["input"]])[0]
+    paths = {name: storage / path for name, path in members(combination).items()}
+    return dict(zip(paths, _readers(list(paths.values())), strict=True))
+
+
+_LAST_INPUT_METADATA: dict[str, Path] = {}  # the last published input_metadata.yaml, by text
+
+
+def _write_input_metadata(path: Path, text: str) -> None:
+    """Write ``path``, or link the last result's if it is the same text (one file less to
+    create: a batch's results mostly read one input)."""
+    last = _LAST_INPUT_METADATA.get(text)
+    if last is None or not link_same(last, path, text.encode()):
+        path.write_text(text, encoding="utf-8")
+
+
+_LINKED: dict[tuple[int, ...], str] = {}  # digests of linked files (verify.digests)
+_LAST_READERS: dict[Path, Reader] = {}  # the readers this process handed out for its last dataset
+
+
+def _readers(paths: list[Path]) -> list[Reader]:
+    """A reader of each of ``paths``: reopened from the last dataset's reader of the same path,
+    so the datasets of a batch that read one input (every setting of a grid) read and check its
+    files once. Only the last dataset's readers are kept, so a process holds no more than one
+    dataset needs."""
+    fresh = [
+        known.reopened()
+        if isinstance(known := _LAST_READERS.get(path), FilesReader)
+        else open_reader(path)
+        for path in paths
+    ]
+    _LAST_READERS.clear()
+    _LAST_READERS.update(zip(paths, fresh, strict=True))
+    return fresh
+
+
+@cache  # once per input and process: the record is made before the first result is published
+def _record_input(storage: Path, path: str) -> None:
+    verify.record_input(storage, path)
 
 
 def dataset_inputs(dataset: dict[str, Any]) -> list[str]:

@@ -413,7 +413,8 @@ def load_operation(
     places = _Places(SPELLINGS.get(form, form), source.place(form), overrides_at, set(named))
     default = [{}] if places.form == "parameter_settings" else {}
     settings = _expand(places, source.values.get(form, default), named)
-    validated = [_validate(places, operation, i, s) for i, s in enumerate(settings)]
+    valid: set[tuple[Any, ...]] = set()
+    validated = [_validate(places, operation, i, s, valid) for i, s in enumerate(settings)]
     kept = _constrain(source, operation, validated)
     for i in kept:
         _check(places, operation, i, validated[i])
@@ -551,16 +552,32 @@ def _expand(places: _Places, raw: Any, overrides: dict[str, Any]) -> list[dict[s
 
 
 def _validate(
-    places: _Places, operation: Operation, i: int, setting: dict[str, Any]
+    places: _Places, operation: Operation, i: int, setting: dict[str, Any], valid: set[tuple]
 ) -> dict[str, Any]:
+    """The setting with its defaults, validated against the operation's schema. ``valid``
+    holds the keys and the scalar values of the settings found valid so far: the schema is an
+    object of ``properties`` (each judging its own value), ``required`` and no other keys, so a
+    setting whose keys and every value were parts of valid ones is valid, and a grid of 10,000
+    points validates each swept value once, not each point (~0.1 ms each)."""
     full = {**operation.defaults, **setting}
+    parts = {(None, *sorted(full))} | {
+        (key, type(value), value) for key, value in full.items() if _is_scalar(value)
+    }
+    if len(parts) == len(full) + 1 and parts <= valid:
+        return full
     error = jsonschema.exceptions.best_match(operation.validator.iter_errors(full))
     if error is not None:
         path = tuple(error.absolute_path)
         if error.validator == "additionalProperties":  # name the unexpected key, at its line
             path += (next(key for key in error.instance if key not in operation.parameters),)
         raise places.error(i, path, f"{error.message} (operation '{operation.name}')")
+    valid |= parts
     return full
+
+
+def _is_scalar(value: Any) -> bool:
+    """A value remembered by what it is (lists and mappings are validated each time)."""
+    return value is None or isinstance(value, str | int | float)  # bool is an int
 
 
 def _check(places: _Places, operation: Operation, i: int, setting: dict[str, Any]) -> None:

@@ -53,8 +53,9 @@ TRAILING = ["start", "seconds", "host"]
 
 
 def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = None) -> Any:
-    """The metadata.yaml of the result ``dataset`` (relative to ``storage``), None if it is not a
-    result (an input dataset)."""
+    """The metadata.yaml of the result ``dataset`` (relative to ``storage``) without its digests
+    (tables need none, and they are a third of its YAML), None if it is not a result (an input
+    dataset)."""
     if cache is not None and dataset in cache:
         return cache[dataset]
     path = storage / dataset / "metadata.yaml"

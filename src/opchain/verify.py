@@ -80,16 +80,31 @@ def files_of(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
+def digests(
+    folder: Path, carried: dict[str, str], linked: dict[tuple[int, ...], str] | None = None
+) -> dict[str, str]:
     """The digest of every file under ``folder`` but its metadata.yaml: ``carried`` ones as given
     (hard links of an earlier dataset's files: its digests, whatever became of the bytes), the
-    others hashed now."""
+    others hashed now. ``linked`` remembers the digests of files with other links, by inode,
+    size and modification time: a batch job links an input's unchanged files into every result
+    it writes, and hashes each once (datasets' files are replaced, never changed in place)."""
+    memo = {} if linked is None else linked
     computed = {
-        name: file_digest(folder / name)
+        name: _linked_digest(folder / name, memo)
         for name in files_of(folder)
         if name != METADATA and name not in carried
     }
     return dict(sorted({**carried, **computed}.items()))
+
+
+def _linked_digest(path: Path, linked: dict[tuple[int, ...], str]) -> str:
+    stat = os.stat(path)
+    if stat.st_nlink < 2:  # a file of its own: hashed, not remembered
+        return file_digest(path)
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in linked:
+        linked[key] = file_digest(path)
+    return linked[key]
 
 
 def sealed(text: str, files: dict[str, str]) -> str:

@@ -64,6 +64,7 @@ timestamps), so writing the same data twice gives identical files.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -79,7 +80,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from opchain.atomic import aside_path
+from opchain.atomic import aside_path, link_same
 from opchain.daf.interface import (
     Matrix,
     Reader,
@@ -97,6 +98,7 @@ from opchain.daf.mapping import (
     DTYPES,
     INDEX_DTYPES,
     RowsMemmap,
+    check_csr,
     frozen,
     is_sparse,
     make_csr,
@@ -396,6 +398,16 @@ class FilesReader(Reader):
         self._start(directory)
         self._scan()
 
+    def reopened(self) -> FilesReader:
+        """A new reader of this dataset that starts with what this one has read and checked
+        (a batch job reads one input for many results, and a dataset's files are only ever
+        replaced, never changed in place). 2D data is wrapped anew over the same mapped buffers:
+        a ``csr_matrix`` is a mutable object, which an operation may change."""
+        new = copy.copy(self)
+        new._closed = False
+        new._cache = {key: value for key, value in self._cache.items() if key[0] != "2d"}
+        return new
+
     def _start(self, directory: Path) -> None:
         self._dir = directory
         self._items: set[str] = set()
@@ -613,9 +625,20 @@ class FilesReader(Reader):
         kind = self._matrices[(rows, columns)][prop]
         if kind == "csv":
             return self._read_strings(stem, (rows, columns), _headers_2d(rows, columns, prop))
-        shape, dtypes, nnz = self._read_sidecar(stem, (rows, columns), sparse=kind == "sparse")
-        if kind == "array":
-            return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
+        if kind == "sparse":  # its parts are kept: a reopened reader wraps them without a check
+            parts, shape, names = self._cached(
+                ("csr", rows, columns, prop), lambda: self._csr_parts(stem, rows, columns)
+            )
+            return make_csr(*parts, shape, names, checked=True)
+        shape, dtypes, _ = self._read_sidecar(stem, (rows, columns), sparse=False)
+        return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
+
+    def _csr_parts(
+        self, stem: str, rows: str, columns: str
+    ) -> tuple[tuple[np.ndarray, ...], tuple[int, int], dict[str, str]]:
+        """The mapped values, column indices and row pointers of a CSR matrix, checked, its
+        shape and its files' names."""
+        shape, dtypes, nnz = self._read_sidecar(stem, (rows, columns), sparse=True)
         paths = {part: self._dir / f"{stem}.{part}" for part in SPARSE_SUFFIXES}
         # What check_csr establishes of each part, recorded on it (see opchain.daf.trust).
         facts = {
@@ -628,11 +651,11 @@ class FilesReader(Reader):
         indices = map_file(paths["indices"], dtypes["indices_dtype"], (nnz,))
         indptr = map_file(paths["indptr"], dtypes["indptr_dtype"], (shape[0] + 1,))
         names = {part: str(path) for part, path in paths.items()}
-        matrix = make_csr(data, indices, indptr, (shape[0], shape[1]), names, checked=checked)
         if not checked:
+            check_csr(data, indices, indptr, (shape[0], shape[1]), names)
             for part, fact in facts.items():
                 vouch(paths[part], part, fact, stamps[part])
-        return matrix
+        return (data, indices, indptr), (shape[0], shape[1]), names
 
     def _read_sidecar(
         self, stem: str, axes: tuple[str, ...], sparse: bool
@@ -735,6 +758,7 @@ class FilesWriter(FilesReader, Writer):
         except OSError as error:
             raise DafError(f"can't create the dataset: {final} ({error.strerror})") from None
         self._start(directory)
+        self._like: Path | None = None  # the files dataset this one copies axes from
 
     @staticmethod
     def _clear(directory: Path, overwrite: bool) -> None:
@@ -753,7 +777,7 @@ class FilesWriter(FilesReader, Writer):
             (directory / name).unlink()
 
     def _commit(self) -> None:
-        _write_text(self._dir / "__daf__.yaml", DAF_YAML)
+        self._write_file("__daf__.yaml", DAF_YAML)
         if self._atomic:
             commit(self._dir, self._final, self._overwrite)
             self._dir = self._final
@@ -762,7 +786,7 @@ class FilesWriter(FilesReader, Writer):
 
     def _set_item(self, name: str, value: Any) -> None:
         what = f"the item: {name} in the dataset: {self.path}"
-        _write_text(self._dir / f"{name}.yaml", item_to_yaml(value, what))
+        self._write_file(f"{name}.yaml", item_to_yaml(value, what))
         self._items.add(name)
 
     def _create_axis(self, axis: str, entries: np.ndarray) -> None:
@@ -775,6 +799,12 @@ class FilesWriter(FilesReader, Writer):
         self._cache[("axis", axis)] = entries
 
     def _copy_axis_file(self, reader: Reader, axis: str, take: np.ndarray | None) -> bool:
+        if (
+            self._like is None
+            and isinstance(reader, FilesReader)
+            and not isinstance(reader, Writer)
+        ):
+            self._like = reader._dir  # a complete dataset: its files are never changed in place
         if not isinstance(reader, FilesReader) or ("axis", axis) in reader._cache:
             return False  # the entries are at hand: writing them is as cheap
         count = reader._plain_axis_count(axis)  # checked: any subset of its lines is valid too
@@ -966,7 +996,30 @@ class FilesWriter(FilesReader, Writer):
         )
 
     def _write_sidecar(self, stem: str, content: dict[str, Any]) -> None:
-        _write_text(self._dir / f"{stem}.yaml", yaml.safe_dump({**content, "version": [1, 0]}))
+        self._write_file(f"{stem}.yaml", sidecar_yaml({**content, "version": [1, 0]}))
+
+    def _write_file(self, name: str, text: str) -> None:
+        """Write ``text`` as the file ``name``, or link the file of that name of the dataset this
+        one copies its axes from if it holds exactly these bytes (the header, an item, a sidecar
+        carried unchanged: see :func:`~opchain.atomic.link_same`)."""
+        target = self._dir / name
+        if self._like is None or not link_same(self._like / name, target, text.encode()):
+            _write_text(target, text)
+
+
+def sidecar_yaml(content: dict[str, str | int | list[int]]) -> str:
+    """The bytes ``yaml.safe_dump`` writes for a sidecar (block style, sorted keys), without
+    PyYAML's pure-Python emitter: ~1 ms a file, and a result carrying a dozen vectors writes a
+    dozen. Its values are dtype names (plain YAML words), counts and lists of counts."""
+    lines = []
+    for key, value in sorted(content.items()):
+        if not isinstance(value, list):
+            lines.append(f"{key}: {value}\n")
+        elif value:
+            lines.append(f"{key}:\n" + "".join(f"- {size}\n" for size in value))
+        else:
+            lines.append(f"{key}: []\n")
+    return "".join(lines)
 
 
 def _nothing() -> None:

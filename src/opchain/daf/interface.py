@@ -284,7 +284,9 @@ def as_dtype(dtype: object, what: str) -> np.dtype:
 def _as_array(value: Any) -> np.ndarray:
     """``np.asarray``, except that strings not already in an array become an object array (numpy's
     fixed-width ``str`` dtype would silently drop trailing NUL characters)."""
-    array = np.asarray(value)
+    # A memory-mapped vector or matrix stays one, so that a writer can link its file whole
+    # (np.asarray would hand it a plain view of the map, which it then copies byte by byte).
+    array = value if isinstance(value, np.memmap) else np.asarray(value)
     if array.dtype.kind == "U" and not isinstance(value, np.ndarray):
         array = np.array(value, dtype=object)
     return array

@@ -54,14 +54,15 @@ def split_matrix_name(name: str) -> tuple[str, str, str]:
 
 
 def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | None = None) -> None:
-    """Copy items, axes and 1D data to ``out``; with ``take``, keep only those entries of ``rows``."""
-    for name in data.item_names():
-        out.set_item(name, data.get_item(name))
+    """Copy axes, 1D data and items to ``out``; with ``take``, keep only those entries of ``rows``.
+    Axes first: a files writer then links the files it would write the same (items, sidecars)."""
     for axis in data.axis_names():
         keep = take if axis == rows else None
         out.copy_axis(data, axis, keep)
         for vector in data.data1d_names(axis):
             out.copy_data1d(data, vector, keep)
+    for name in data.item_names():
+        out.set_item(name, data.get_item(name))
 
 
 def row_blocks(n_rows: int, n_columns: int, budget: int | None = None) -> Iterator[slice]:
