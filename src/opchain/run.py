@@ -472,25 +472,25 @@ def batch_spec(marker: Path) -> dict[str, Any]:
     """The spec of the batch whose output is ``marker`` (``.../<step>/batch_<b>``): its step's
     spec (``step.json`` beside it, written when the run started) with the batch's datasets."""
     spec = json.loads((marker.parent / "step.json").read_text(encoding="utf-8"))
-    b, batch, settings = int(marker.name.removeprefix("batch_")), spec["batch"], spec["settings"]
+    b, batch = int(marker.name.removeprefix("batch_")), spec["batch"]
     last = min(b * batch, len(spec["fingerprints"]))
     spec["datasets"] = [
         {
             "k": k,
-            "parameters": settings[(k - 1) % len(settings)],
+            "parameters": spec["settings"][spec["pairs"][k - 1][1]],
             "fingerprint": spec["fingerprints"][k - 1],
-            **_reads(spec, k, len(settings)),
+            **_reads(spec, k),
         }
         for k in range((b - 1) * batch + 1, last + 1)
     ]
     return spec
 
 
-def _reads(spec: dict[str, Any], k: int, settings: int) -> dict[str, Any]:
+def _reads(spec: dict[str, Any], k: int) -> dict[str, Any]:
     """Dataset k's ``input`` (for a combination: its first test member, else its first, which
     lineage follows) and its ``combination``."""
     if "combinations" not in spec:
-        return {"input": spec["inputs"][(k - 1) // settings]}
+        return {"input": spec["inputs"][spec["pairs"][k - 1][0]]}
     combination = spec["combinations"][k - 1]
     first = (combination["test"] or combination["train"])[0]
     return {"input": combination["inputs"][first], "combination": combination}
