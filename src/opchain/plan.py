@@ -220,9 +220,8 @@ class Step:
         """What each dataset k (at k - 1) is: ``(u, j)``, unit (or upstream dataset) u with
         setting j. Every unit in turn gets every setting its lineage admits, so without upstream
         constraints k = u * settings + j + 1. A step they leave with no dataset is refused."""
-        every = range(len(self.settings))
         if not self.operation.upstream_constraints:
-            return [(u, j) for u in range(self.n_units) for j in every]
+            return [(u, j) for u in range(self.n_units) for j in range(len(self.settings))]
         admitted = {path: self.operation.admitted(self.lineage(path)) for path in set(self.ahead)}
         pairs = [(u, j) for u, path in enumerate(self.ahead) for j in admitted[path]]
         if not pairs:
@@ -343,9 +342,8 @@ class Step:
                 role: [[name, upstream[i]] for name, i in getattr(combination, role)]
                 for role in ("train", "test")
             }
-            setting = self.settings[j]
             fingerprints.append(
-                fingerprint({**self.point, "setting": setting, combination.name: roles})
+                fingerprint({**self.point, "setting": self.settings[j], combination.name: roles})
             )
         return fingerprints
 
