@@ -474,23 +474,34 @@ def batch_spec(marker: Path) -> dict[str, Any]:
     spec = json.loads((marker.parent / "step.json").read_text(encoding="utf-8"))
     b, batch = int(marker.name.removeprefix("batch_")), spec["batch"]
     last = min(b * batch, len(spec["fingerprints"]))
-    spec["datasets"] = [
-        {
-            "k": k,
-            "parameters": spec["settings"][spec["pairs"][k - 1][1]],
-            "fingerprint": spec["fingerprints"][k - 1],
-            **_reads(spec, k),
-        }
-        for k in range((b - 1) * batch + 1, last + 1)
-    ]
+    spec["datasets"] = []
+    for k in range((b - 1) * batch + 1, last + 1):
+        u, j = _pair(spec, k)
+        spec["datasets"].append(
+            {
+                "k": k,
+                "parameters": spec["settings"][j],
+                "fingerprint": spec["fingerprints"][k - 1],
+                **_reads(spec, k, u),
+            }
+        )
     return spec
 
 
-def _reads(spec: dict[str, Any], k: int) -> dict[str, Any]:
-    """Dataset k's ``input`` (for a combination: its first test member, else its first, which
-    lineage follows) and its ``combination``."""
+def _pair(spec: dict[str, Any], k: int) -> tuple[int, int]:
+    """Dataset k's (input or combination, setting): as listed where upstream constraints drop
+    some (see :attr:`opchain.plan.Step.pairs`), else every input with every setting in turn."""
+    if spec["pairs"] is not None:
+        u, j = spec["pairs"][k - 1]
+        return u, j
+    return divmod(k - 1, len(spec["settings"]))
+
+
+def _reads(spec: dict[str, Any], k: int, u: int) -> dict[str, Any]:
+    """Dataset k's ``input`` (input ``u``; for a combination: its first test member, else its
+    first, which lineage follows) and its ``combination``."""
     if "combinations" not in spec:
-        return {"input": spec["inputs"][spec["pairs"][k - 1][0]]}
+        return {"input": spec["inputs"][u]}
     combination = spec["combinations"][k - 1]
     first = (combination["test"] or combination["train"])[0]
     return {"input": combination["inputs"][first], "combination": combination}
