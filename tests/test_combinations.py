@@ -232,3 +232,28 @@ def test_bad_summaries_are_refused_with_one_line_at_planning(tmp_path: Path) -> 
         "opchain: config/operations/shuffle.yaml: shuffle combines the datasets of a summary "
         "(pairs) but has only 1 dataset made with the same upstream settings to combine (a)"
     )
+
+
+def test_upstream_constraints_give_each_combination_the_settings_its_members_admit(
+    tmp_path: Path,
+) -> None:
+    """add [1, 2], then merge over reverse [false, true] where reverse == (add.value == 2): each
+    of the 6 combinations (3 left out per add setting) gets the one setting its members' lineage
+    admits, so 6 results of 12: Rest_vs_X after add 1, X_vs_Rest after add 2."""
+    project = three_inputs(tmp_path / "project", {"constrained": ["grid.yaml", "merge_both.yaml"]})
+    project.edit(
+        "config/operations/merge_both.yaml",
+        "type: merge\nparameter_ranges: {axis: [row], reverse: [false, true]}\n"
+        'upstream_constraints: ["reverse == (add.value == 2)"]\n',
+    )
+    project.snakemake()
+    found = []
+    for dataset in step_results(project, "constrained"):
+        own = metadata(dataset)
+        (value,) = {
+            metadata(project.storage / member)["parameters"]["value"]
+            for member in own["inputs"].values()
+        }
+        found.append((value, own["parameters"]["reverse"], own["combination"]["name"]))
+    expected = [(1, False, f"Rest_vs_{x}") for x in "abc"] + [(2, True, f"{x}_vs_Rest") for x in "abc"]  # fmt: skip
+    assert sorted(found) == sorted(expected)

@@ -4,6 +4,8 @@ the singular parameter_setting, and constraints that drop settings of a grid, al
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -23,6 +25,7 @@ parameter_ranges:
   folds: [5, 10]
   fold: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 """
+UPSTREAM = 'upstream_constraints: ["{}"]\n'
 
 
 def parameters(step: Path) -> list[dict]:
@@ -122,7 +125,8 @@ def test_upstream_constraints_admit_settings_by_the_earlier_steps_parameters(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the planner asks for each upstream dataset: the settings its lineage admits, named as
-    the results table names them; none admitted is one line at the constraint."""
+    the results table names them (maybe none); a step left with none is one line at the
+    constraint."""
     project.edit(
         "config/operations/add.yaml",
         "type: myops:add\nparameter_ranges: {value: [0, 1, 2]}\n"
@@ -135,12 +139,12 @@ def test_upstream_constraints_admit_settings_by_the_earlier_steps_parameters(
     lineage = upstream_values([("add", {"value": 1}), ("jitter", {"scale": 0.5})])
     assert lineage == {"add.value": 1, "jitter.scale": 0.5}
     assert last.admitted(lineage) == [2]  # value 0 is not above 0.5, value 1 is add's own
-    with pytest.raises(SpecError) as refused:
-        last.admitted(upstream_values([("add", {"value": 1}), ("jitter", {"scale": 5})]))
-    assert str(refused.value) == (
+    refused = upstream_values([("add", {"value": 1}), ("jitter", {"scale": 5})])
+    assert last.admitted(refused) == []
+    assert str(last.none_admitted(refused)) == (
         f"{project.root / 'config/operations/add.yaml'}:3: upstream_constraints.0: "
-        "'value > jitter.scale': no setting satisfies the upstream constraints after "
-        "add.value=1, jitter.scale=5"
+        "'value > jitter.scale': no setting satisfies the upstream constraints on any dataset it "
+        "reads (the first: add.value=1, jitter.scale=5)"
     )
 
 
@@ -163,3 +167,66 @@ def test_a_grid_validates_each_value_and_still_names_the_bad_one(tmp_path: Path)
     spec.write_text("type: kfold\nparameter_ranges:\n  axis: [cell, 2]\n  folds: [2]\n")
     with pytest.raises(SpecError, match=r"op.yaml:3: .*2 is not of type 'string'"):
         load_operation(spec)
+
+
+def test_upstream_constraints_give_each_upstream_dataset_the_settings_its_lineage_admits(
+    project: Project,
+) -> None:
+    """add [1, 2] -> jitter [0, 1] -> add [1, 2, 3] with value >= add.value + jitter.scale: each
+    upstream dataset gets 3, 2, 2 or 1 of the 3 settings, 16 datasets of 24 for inputs a and b,
+    each with the parameters its lineage admits. Status counts the 8 pairs excluded, a rerun has
+    nothing to do, the results table lists them; without the constraint its 16 points are linked,
+    not computed again; a constraint that leaves no dataset is one line at the constraint."""
+    project.edit("config/operations/add_one.yaml", "type: myops:add\nparameter_ranges: {value: [1, 2]}\n")  # fmt: skip
+    project.edit("config/operations/jitter.yaml", "type: myops:jitter\nparameter_ranges: {scale: [0.0, 1.0]}\n")  # fmt: skip
+    grid = "type: myops:add\nparameter_ranges: {value: [1, 2, 3]}\n"
+    project.edit("config/operations/add.yaml", grid + UPSTREAM.format("value >= add.value + jitter.scale"))  # fmt: skip
+    project.edit(CHAIN, "input_path: inputs\noperations: [add_one.yaml, jitter.yaml, add.yaml]\n")
+    excluded = "[8 (setting, upstream dataset) pairs excluded by upstream constraints]"
+    assert excluded in project.opchain("status").stdout
+    project.snakemake()
+    admitted = [
+        (add, scale, value)
+        for add in (1, 2)
+        for scale in (0.0, 1.0)
+        for value in (1, 2, 3)
+        if value >= add + scale
+    ]
+    step = last_step(project)
+    found = [lineage_parameters(project.storage, d) for d in step.glob("dataset_*")]
+    assert sorted(found) == sorted(admitted * 2)
+    assert "Nothing to be done" in project.snakemake("-n").stdout
+    assert excluded in project.opchain("status").stdout
+    table = project.opchain("results", "basic", "--format", "csv").stdout
+    rows = [r for r in csv.DictReader(io.StringIO(table)) if r["step"] == "3"]
+    found = [tuple(float(r[f"param.{p}"]) for p in ("add.value", "jitter.scale", "value")) for r in rows]  # fmt: skip
+    assert sorted(found) == sorted(admitted * 2)
+
+    # Per-point reuse: the whole grid finds the 16 admitted points computed.
+    project.edit("config/operations/add.yaml", grid)
+    assert "upstream_constraints changed" in project.opchain("status").stdout
+    project.snakemake()
+    linked = [
+        "computed_in" in yaml.safe_load((d / "metadata.yaml").read_text())
+        for d in last_step(project).glob("dataset_*")
+    ]
+    assert last_step(project) != step and sorted(linked) == [False] * 8 + [True] * 16
+
+    project.edit("config/operations/add.yaml", grid + UPSTREAM.format("value > add.value + 5"))
+    before = project.tree()
+    refused = project.snakemake("-n", check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "opchain: config/operations/add.yaml:3: upstream_constraints.0: 'value > add.value + 5': "
+        "no setting satisfies the upstream constraints on any dataset it reads (the first: "
+        "add.value=1)"
+    )
+    assert project.tree() == before
+
+
+def lineage_parameters(storage: Path, dataset: Path) -> tuple[float, float, float]:
+    """(add.value, jitter.scale, value) of a dataset of the last step, from its lineage."""
+    own = yaml.safe_load((dataset / "metadata.yaml").read_text())
+    jitter = yaml.safe_load((storage / own["input"] / "metadata.yaml").read_text())
+    add = yaml.safe_load((storage / jitter["input"] / "metadata.yaml").read_text())
+    return add["parameters"]["value"], jitter["parameters"]["scale"], own["parameters"]["value"]

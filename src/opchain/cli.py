@@ -242,7 +242,9 @@ def step_reasons(step: Step, previous: dict[str, Any] | None) -> list[str]:
             if now["upstream"].startswith("input:")
             else "an earlier step changed"
         )
-    changed = {"operation", "format", "seed"} & {k for k in now if before.get(k) != now[k]}
+    changed = {"operation", "format", "seed", "upstream_constraints"} & {
+        k for k in before.keys() | now.keys() if before.get(k) != now.get(k)
+    }
     reasons += [f"{key} changed" for key in sorted(changed)]
     return reasons or ["result missing"]
 
@@ -289,6 +291,8 @@ def chain_status(plan: Plan, chain: ChainPlan) -> list[dict[str, Any]]:
                     "status": "up to date" if done else "will run",
                     "why": [] if done else step_reasons(step, old[i] if i < len(old) else None),
                     "excluded": step.operation.excluded,  # settings its constraints dropped
+                    # (setting, upstream dataset or combination) pairs its upstream constraints did
+                    "upstream_excluded": step.upstream_excluded,
                 }
             )
     return rows
@@ -307,6 +311,11 @@ def show_status(plan: Plan, *, as_json: bool) -> int:
         why = f"  ({'; '.join(row['why'])})" if row["why"] else ""
         if row["excluded"]:
             why += f"  [constraints excluded {row['excluded']} settings]"
+        if row["upstream_excluded"]:
+            why += (
+                f"  [{row['upstream_excluded']} (setting, upstream dataset) pairs excluded by "
+                "upstream constraints]"
+            )
         print(
             f"{row['chain']} run {row['run']} step {row['step']} {row['operation']:<16} "
             f"{row['status']:<10} {row['dir']}{why}"

@@ -15,7 +15,8 @@ those holding the members of its combinations: the fan-in ``--dag`` shows). A jo
 (a chain's tables, a single operation's target) waits for them through ``gather`` jobs of at most
 :data:`LINE_BUDGET` characters of inputs each, so no line Snakemake prints grows with the sweep.
 
-Each step's spec (where it lives, its settings, inputs and dataset fingerprints) is written to
+Each step's spec (where it lives, its settings, inputs, which (input, setting) pairs its upstream
+constraints keep, and the datasets' fingerprints) is written to
 ``step.json`` beside its markers when a real run starts (:meth:`Jobs.write_specs`); a job reads it
 and its batch number from its marker's path.
 """
@@ -183,9 +184,7 @@ class Jobs:
                 "type": step.operation.type,
                 "seed": step.seed,
                 "fingerprint": step.fingerprint,
-                "components": {
-                    k: v for k, v in step.components.items() if k not in ("settings", "upstream")
-                },
+                "components": step.point,
                 "format": step.components["format"],
                 "forced": step.forced,
                 "batch": step.batch,
@@ -193,6 +192,10 @@ class Jobs:
                 if step.units is not None
                 else [step.input_of(i) for i in range(step.n_units)],
                 "settings": list(step.settings),
+                # Dataset k's (input or combination, setting), listed only where upstream
+                # constraints drop some: every job parses the file, and a million listed pairs
+                # cost each job seconds. None: every input with every setting in turn.
+                "pairs": step.pairs if step.operation.upstream_constraints else None,
                 "fingerprints": step.dataset_fingerprints,
                 "source": step.source(),
             }

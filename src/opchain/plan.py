@@ -3,18 +3,23 @@ a fingerprint of its own, and every step its batches.
 
 A step is one operation of a chain applied to every dataset of its input summary, once per parameter
 setting: ``dataset_<k>`` of a step reads upstream dataset ``i`` with setting ``j``
-(``k = i * settings + j + 1``). The step's fingerprint hashes the operation, its code hash and
-version, the whole grid of settings, the upstream step (for the first step: the input files' paths,
-sizes and mtimes), the result format and, for random operations only, the seed: it names the step
-directory, so a changed parameter gives a new directory and setting it back finds the old one. A
-dataset's own fingerprint hashes the same but for one setting and one upstream *dataset*: a grid
-point computed once is reused (hard-linked) by any later grid that contains it.
+(``k = i * settings + j + 1``). An operation's ``upstream_constraints`` drop the settings that make
+no sense after an upstream dataset's lineage (``components >= pca.components``): each upstream
+dataset gets only the settings they admit, and the step's datasets are numbered through the
+(``i``, ``j``) pairs that remain, in the same order (:attr:`Step.pairs`). The step's fingerprint
+hashes the operation, its code hash and version, the whole grid of settings, the upstream step (for
+the first step: the input files' paths, sizes and mtimes), the result format, the upstream
+constraints if any and, for random operations only, the seed: it names the step directory, so a
+changed parameter gives a new directory and setting it back finds the old one. A dataset's own
+fingerprint hashes the same but for one setting and one upstream *dataset* (and no constraints): a
+grid point computed once is reused (hard-linked) by any later grid that contains it.
 
 A *combination* step (an operation declared with ``combine=``, e.g. shuffle) reads combinations of
 upstream datasets instead: its *units* are the combinations (every ordered pair, every one left out,
 or all) of each group of upstream datasets made with the same upstream settings (their *setting
 path*: the setting index of every step of their lineage; ``combine_across_settings`` makes one
-group). Its dataset ``k`` is unit ``u`` with setting ``j`` (``k = u * settings + j + 1``), and its
+group). Its dataset ``k`` is unit ``u`` with setting ``j`` (``k = u * settings + j + 1``, or
+through the pairs upstream constraints leave), and its
 fingerprint hashes the combination's name and its members' fingerprints by role, so a new member
 of the summary computes only the new combinations and an edited one only those containing it.
 Every dataset carries a *name* down the chain (its input dataset's, then its combination's), which
@@ -45,7 +50,7 @@ from opchain.atomic import set_durable
 from opchain.errors import SpecError
 from opchain.index import Index
 from opchain.operations.sources import set_project_folder
-from opchain.spec import ChainSpec, OperationSpec, load_chain, load_operation
+from opchain.spec import ChainSpec, OperationSpec, load_chain, load_operation, upstream_values
 from opchain.storage import (
     CHAINS_DIR,
     OPERATIONS_DIR,
@@ -79,6 +84,8 @@ SAMPLE = 64  # dataset fingerprints of a new step looked up in the index to esti
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where there
 DEFAULT_MAX_DATASETS = 1_000_000
 PROJECT_OPERATIONS = "scripts/operations"  # the project's own operations, found by name
+# A step's components that say which datasets it has, not what any one of them is.
+GRID_COMPONENTS = ("settings", "upstream", "upstream_constraints")
 
 
 def canonical_json(value: Any) -> str:
@@ -217,14 +224,60 @@ class Step:
             return len(self.units)
         return self.upstream.size if self.upstream else len(self.sources)
 
+    @cached_property
+    def ahead(self) -> list[tuple[int, ...]]:
+        """The setting path of what each unit (or upstream or input dataset) reads."""
+        if self.units is not None:
+            return [u.path for u in self.units]
+        return self.upstream.paths if self.upstream else [()] * len(self.sources)
+
+    @cached_property
+    def pairs(self) -> list[tuple[int, int]]:
+        """What each dataset k (at k - 1) is: ``(u, j)``, unit (or upstream dataset) u with
+        setting j. Every unit in turn gets every setting its lineage admits, so without upstream
+        constraints k = u * settings + j + 1. A step they leave with no dataset is refused."""
+        if not self.operation.upstream_constraints:
+            return [(u, j) for u in range(self.n_units) for j in range(len(self.settings))]
+        admitted = {path: self.operation.admitted(self.lineage(path)) for path in set(self.ahead)}
+        pairs = [(u, j) for u, path in enumerate(self.ahead) for j in admitted[path]]
+        if not pairs:
+            raise self.operation.none_admitted(self.lineage(self.ahead[0]))
+        return pairs
+
+    @property
+    def upstream_excluded(self) -> int:
+        """The (setting, unit) pairs its upstream constraints dropped."""
+        return self.n_units * len(self.settings) - self.size
+
+    def lineage(self, path: tuple[int, ...]) -> dict[str, Any]:
+        """The earlier steps' parameters (``pca.components``) of the datasets of setting path
+        ``path``. A path starts after the last combination across settings (its members mix
+        the settings before it), so it names the settings of the last ``len(path)`` steps."""
+        ancestors = []
+        step = self.upstream
+        while step is not None:
+            ancestors.insert(0, step)
+            step = step.upstream
+        steps = ancestors[len(ancestors) - len(path) :]
+        mixed = {s.name for s in ancestors} - {s.name for s in steps}
+        for placed in self.operation.upstream_constraints:
+            names = [n for n in placed.constraint.names if n.rpartition(".")[0] in mixed]
+            if names:
+                raise placed.error(
+                    f"'{names[0]}' has no one value on the datasets it reads: a combination "
+                    "across settings (combine_across_settings) mixes them"
+                )
+        return upstream_values((s.name, s.settings[j]) for s, j in zip(steps, path, strict=True))
+
     @property
     def size(self) -> int:
-        return self.n_units * len(self.settings)
+        return len(self.pairs)
 
     def combination(self, k0: int) -> Combination:
         """What dataset ``k0 + 1`` of a combination step reads, and its name."""
         assert self.units is not None
-        unit, setting = self.units[k0 // len(self.settings)], self.settings[k0 % len(self.settings)]
+        u, j = self.pairs[k0]
+        unit, setting = self.units[u], self.settings[j]
         members = tuple(zip(unit.names, unit.members, strict=True))
         kind = self.operation.operation.combine
         if kind == "pairs":
@@ -246,16 +299,12 @@ class Step:
         if self.units is not None:
             return [self.combination(k0).name for k0 in range(self.size)]
         upstream = self.upstream.names if self.upstream else source_names(self.sources)
-        return [name for name in upstream for _ in self.settings]
+        return [upstream[u] for u, _ in self.pairs]
 
     @cached_property
     def paths(self) -> list[tuple[int, ...]]:
         """Each dataset's setting path (at k - 1): its setting's index at every step so far."""
-        if self.units is not None:
-            ahead = [u.path for u in self.units]
-        else:
-            ahead = self.upstream.paths if self.upstream else [()] * len(self.sources)
-        return [(*path, j) for path in ahead for j in range(len(self.settings))]
+        return [(*self.ahead[u], j) for u, j in self.pairs]
 
     @property
     def batches(self) -> int:
@@ -280,15 +329,17 @@ class Step:
         if up is None:
             return []
         k = self.batch_range(b)
-        first, last = (k.start - 1) // len(self.settings), (k.stop - 2) // len(self.settings)
+        first, last = self.pairs[k.start - 1][0], self.pairs[k.stop - 2][0]  # units in order
         if self.units is None:
             return list(range(first // up.batch + 1, last // up.batch + 2))
         read = {i for unit in self.units[first : last + 1] for i in unit.members}
         return sorted({i // up.batch + 1 for i in read})
 
     @cached_property
-    def _point(self) -> dict[str, Any]:
-        return {k: v for k, v in self.components.items() if k not in ("settings", "upstream")}
+    def point(self) -> dict[str, Any]:
+        """What every dataset's fingerprint shares: the step's components but its grid, its
+        upstream and which pairs it keeps (a point is the same whichever grid computes it)."""
+        return {k: v for k, v in self.components.items() if k not in GRID_COMPONENTS}
 
     @cached_property
     def dataset_fingerprints(self) -> list[str]:
@@ -302,16 +353,17 @@ class Step:
         """Dataset ``k0 + 1``'s fingerprint alone (planning samples a few of a large step's)."""
         if "dataset_fingerprints" in self.__dict__:
             return self.dataset_fingerprints[k0]
-        setting = self.settings[k0 % len(self.settings)]
+        u, j = self.pairs[k0]
+        setting = self.settings[j]
         if self.units is None:
-            source = self._upstream_fingerprint(k0 // len(self.settings))
-            return fingerprint({**self._point, "setting": setting, "upstream": source})
+            source = self._upstream_fingerprint(u)
+            return fingerprint({**self.point, "setting": setting, "upstream": source})
         combination = self.combination(k0)
         roles = {
             role: [[name, self._upstream_fingerprint(i)] for name, i in getattr(combination, role)]
             for role in ("train", "test")
         }
-        return fingerprint({**self._point, "setting": setting, combination.name: roles})
+        return fingerprint({**self.point, "setting": setting, combination.name: roles})
 
     def _upstream_fingerprint(self, i: int) -> str:
         return self.upstream.dataset_fingerprint(i) if self.upstream else self.input_fingerprints[i]
@@ -439,7 +491,9 @@ class Plan:
     def _check_size(
         self, where: Path, operations: tuple[OperationSpec, ...], inputs: int, runs: int, key: str
     ) -> None:
-        """Refuse a plan too large to build before building it (a typo like runs: 1000000000)."""
+        """Refuse a plan too large to build before building it (a typo like runs: 1000000000).
+        The count is an upper bound: upstream constraints, which drop (setting, upstream dataset)
+        pairs, are applied only as the steps are built."""
         grids = [len(op.settings) for op in operations]
         total, groups, per_group = 0, 1, inputs  # datasets of each step, by setting path
         for op in operations:
@@ -500,6 +554,10 @@ class Plan:
         }
         if operation.across_settings:
             components["across_settings"] = True
+        if operation.upstream_constraints:  # only then: other steps keep their fingerprints
+            components["upstream_constraints"] = [
+                c.constraint.text for c in operation.upstream_constraints
+            ]
         key = fingerprint(components)
         if key in self.steps:  # a deterministic step shared by several runs or chains
             return self.steps[key]

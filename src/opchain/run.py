@@ -577,25 +577,36 @@ def batch_spec(marker: Path) -> dict[str, Any]:
     """The spec of the batch whose output is ``marker`` (``.../<step>/batch_<b>``): its step's
     spec (``step.json`` beside it, written when the run started) with the batch's datasets."""
     spec = json.loads((marker.parent / "step.json").read_text(encoding="utf-8"))
-    b, batch, settings = int(marker.name.removeprefix("batch_")), spec["batch"], spec["settings"]
+    b, batch = int(marker.name.removeprefix("batch_")), spec["batch"]
     last = min(b * batch, len(spec["fingerprints"]))
-    spec["datasets"] = [
-        {
-            "k": k,
-            "parameters": settings[(k - 1) % len(settings)],
-            "fingerprint": spec["fingerprints"][k - 1],
-            **_reads(spec, k, len(settings)),
-        }
-        for k in range((b - 1) * batch + 1, last + 1)
-    ]
+    spec["datasets"] = []
+    for k in range((b - 1) * batch + 1, last + 1):
+        u, j = _pair(spec, k)
+        spec["datasets"].append(
+            {
+                "k": k,
+                "parameters": spec["settings"][j],
+                "fingerprint": spec["fingerprints"][k - 1],
+                **_reads(spec, k, u),
+            }
+        )
     return spec
 
 
-def _reads(spec: dict[str, Any], k: int, settings: int) -> dict[str, Any]:
-    """Dataset k's ``input`` (for a combination: its first test member, else its first, which
-    lineage follows) and its ``combination``."""
+def _pair(spec: dict[str, Any], k: int) -> tuple[int, int]:
+    """Dataset k's (input or combination, setting): as listed where upstream constraints drop
+    some (see :attr:`opchain.plan.Step.pairs`), else every input with every setting in turn."""
+    if spec["pairs"] is not None:
+        u, j = spec["pairs"][k - 1]
+        return u, j
+    return divmod(k - 1, len(spec["settings"]))
+
+
+def _reads(spec: dict[str, Any], k: int, u: int) -> dict[str, Any]:
+    """Dataset k's ``input`` (input ``u``; for a combination: its first test member, else its
+    first, which lineage follows) and its ``combination``."""
     if "combinations" not in spec:
-        return {"input": spec["inputs"][(k - 1) // settings]}
+        return {"input": spec["inputs"][u]}
     combination = spec["combinations"][k - 1]
     first = (combination["test"] or combination["train"])[0]
     return {"input": combination["inputs"][first], "combination": combination}

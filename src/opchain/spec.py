@@ -303,8 +303,8 @@ class OperationSpec:
     overrides: dict[str, Any]  # a chain's overridden_params, as written
     batch: int | str | None = None  # datasets per job ("auto" or N); None: the config's
     excluded: int = 0  # settings of the grid that its constraints dropped
-    # Constraints on the parameters of earlier steps (``pca.components``): applied per upstream
-    # dataset by the planner, with admitted().
+    # Constraints on the parameters of earlier steps (``pca.components``): the planner gives each
+    # upstream dataset (or combination) only the settings admitted() on its lineage.
     upstream_constraints: tuple[PlacedConstraint, ...] = ()
     # A combination operation's combine_across_settings: combine the upstream datasets of every
     # setting together, not only those made with the same upstream settings.
@@ -312,21 +312,23 @@ class OperationSpec:
 
     def admitted(self, upstream: Mapping[str, Any]) -> list[int]:
         """The indices of the settings the upstream constraints admit on a dataset whose lineage
-        has the parameters ``upstream`` (see :func:`upstream_values`); a SpecError naming the
-        file and line if they admit none."""
-        constraints = self.upstream_constraints
-        kept = [
+        has the parameters ``upstream`` (see :func:`upstream_values`); maybe none."""
+        return [
             j
             for j, setting in enumerate(self.settings)
-            if all(c.admits({**setting, **upstream}) for c in constraints)
+            if all(c.admits({**setting, **upstream}) for c in self.upstream_constraints)
         ]
-        if not kept:
-            names = {n for c in constraints for n in c.constraint.names if n in upstream}
-            after = ", ".join(f"{n}={upstream[n]!r}" for n in sorted(names))
-            raise constraints[0].error(
-                f"no setting satisfies the upstream constraints after {after}"
-            )
-        return kept
+
+    def none_admitted(self, upstream: Mapping[str, Any]) -> SpecError:
+        """The error for a step the upstream constraints leave with no dataset, naming the
+        parameters of the first lineage they refuse (``upstream``): one line at the constraint."""
+        constraints = self.upstream_constraints
+        names = {n for c in constraints for n in c.constraint.names if n in upstream}
+        after = ", ".join(f"{n}={upstream[n]!r}" for n in sorted(names))
+        return constraints[0].error(
+            "no setting satisfies the upstream constraints on any dataset it reads"
+            + (f" (the first: {after})" if after else "")
+        )
 
 
 def upstream_values(ancestors: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
