@@ -55,11 +55,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from plan import REPO, env_for, snakemake
+from plan import CELLS, REPO, env_for, run, snakemake
 
 import opchain
 
-CELLS = REPO / "storage" / "example_data" / "cells"
 MATRIX = "cell,gene#UMIs"
 TIMEOUT = 3600
 
@@ -95,23 +94,6 @@ def values(n: int) -> list[int]:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Wall time of ``command`` and its stdout + stderr; fails loudly on a non-zero exit."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env or env_for(cwd), text=True,
-                            capture_output=True, timeout=TIMEOUT)  # fmt: skip
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(command)} failed ({result.returncode}):\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return seconds, result.stdout + result.stderr
-
-
-# DVC in its own venv
 
 
 def dvc_venv(venv: Path, spec: str) -> Path:
@@ -157,7 +139,7 @@ class Dvc:
         subprocess.run(["git", *args], cwd=self.root, check=True, capture_output=True)
 
     def command(self, *args: str) -> tuple[float, str]:
-        return timed([str(self.dvc), *args], self.root, dvc_env(self.root))
+        return run([str(self.dvc), *args], self.root, dvc_env(self.root))
 
     def write(self, n: int) -> None:
         points = ", ".join(str(v) for v in values(n))
@@ -216,7 +198,7 @@ class Opchain:
         return self.snakemake()
 
     def results(self) -> tuple[float, str]:
-        return timed([sys.executable, "-m", "opchain", "results", "sweep"], self.root)
+        return run([sys.executable, "-m", "opchain", "results", "sweep"], self.root)
 
     def count(self) -> int:
         # The largest step directory: each grid the step had is a directory of its own.
@@ -292,21 +274,21 @@ def one_size(args: argparse.Namespace, dvc: Path, tmp: Path, n: int) -> None:
         ]
         if r % 2:
             order.reverse()
-        for table, run in order:
-            best(table, LINES[0], run()[0])
+        for table, first_run in order:
+            best(table, LINES[0], first_run()[0])
         assert o.count() == n and d.count() == n, (o.count(), d.count())
         same_work(o, d, values(n)[0])
         best(parts, "opchain -n, done", o.snakemake("-n")[0])
         best(parts, "dvc status, done", d.command("status")[0])
         for _ in range(2):
-            for table, run in order:
-                best(table, LINES[1], run()[0])
+            for table, rerun in order:
+                best(table, LINES[1], rerun()[0])
         o.write(n + 1)
         d.write(n + 1)
         best(parts, "opchain -n, grown", o.snakemake("-n")[0])
         best(parts, "dvc status, grown", d.command("status")[0])
-        for table, run in order:
-            best(table, LINES[2], run()[0])
+        for table, grown in order:
+            best(table, LINES[2], grown()[0])
         assert o.count() == n + 1 and d.count() == n + 1, (o.count(), d.count())
         listings: list[tuple[dict[str, float], Callable[[], tuple[float, str]]]] = [
             (ours, o.results),
@@ -327,7 +309,7 @@ def one_size(args: argparse.Namespace, dvc: Path, tmp: Path, n: int) -> None:
             ("snakemake --version", [sys.executable, "-m", "snakemake", "--version"]),
             ("dvc --version", [str(dvc), "--version"]),
         ):
-            best(parts, name, timed(command, tmp)[0])
+            best(parts, name, run(command, tmp)[0])
         loads.append(load())
     limits = {LINES[0]: parts["limit, N points"], LINES[2]: parts["limit, 1 point"]}
     limits[LINES[1]] = limits[LINES[3]] = parts["python -c pass"]

@@ -24,28 +24,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from plan import REPO, job_count, snakemake
-
-CELLS = REPO / "storage" / "example_data" / "cells"
-
-
-def write_sweep(root: Path, points: int) -> None:
-    """A project: one chain of one normalize step with ``points`` target_sum values."""
-    (root / "config" / "chains").mkdir(parents=True, exist_ok=True)
-    (root / "config" / "operations").mkdir(parents=True, exist_ok=True)
-    values = ", ".join(str(1000 + v) for v in range(points))
-    (root / "config" / "operations" / "normalize.yaml").write_text(
-        'type: normalize\nparameter_ranges: {matrix: ["cell,gene#UMIs"], '
-        f"target_sum: [{values}]}}\n"
-    )
-    (root / "config" / "chains" / "sweep.yaml").write_text(
-        "input_path: example_data/cells\noperations: [normalize.yaml]\n"
-    )
-    (root / "config" / "config.yaml").write_text(
-        "storage: storage\nchains: [config/chains/sweep.yaml]\n"
-    )
-    if not (root / "storage").exists():
-        shutil.copytree(CELLS, root / "storage" / "example_data" / "cells")
+from plan import REPO, job_count, snakemake, write_cells_sweep
 
 
 def computed(root: Path) -> int:
@@ -68,10 +47,10 @@ def timed(root: Path, cores: int) -> tuple[str, int]:
 
 def sweep(points: int, cores: int, tmp: Path) -> None:
     root = tmp / f"sweep-{points}"
-    write_sweep(root, points)
+    write_cells_sweep(root, points)
     first, first_jobs = timed(root, cores)
     noop, _ = timed(root, cores)
-    write_sweep(root, points + 1)
+    write_cells_sweep(root, points + 1)
     grown, grown_jobs = timed(root, cores)
     new = computed(root)
     again, again_jobs = timed(root, cores)

@@ -71,6 +71,7 @@ import numpy as np
 from opchain.daf import FilesWriter
 
 REPO = Path(__file__).resolve().parents[1]
+CELLS = REPO / "storage" / "example_data" / "cells"  # the shipped cells data
 TIMEOUT = 1800
 
 BENCHOPS = '''\
@@ -169,6 +170,26 @@ def write_plain_project(root: Path, chains: int, ops: int, runs: int, numpy: boo
         (root / "in.txt").write_text("0 1\n2 3\n", encoding="utf-8")
 
 
+def write_cells_sweep(root: Path, points: int) -> None:
+    """A project: one chain (``sweep``) of one normalize step over the shipped cells data with
+    ``points`` target_sum values (1000, 1001, ...); written again with more, the grid grows."""
+    (root / "config" / "chains").mkdir(parents=True, exist_ok=True)
+    (root / "config" / "operations").mkdir(parents=True, exist_ok=True)
+    values = ", ".join(str(1000 + v) for v in range(points))
+    (root / "config" / "operations" / "normalize.yaml").write_text(
+        'type: normalize\nparameter_ranges: {matrix: ["cell,gene#UMIs"], '
+        f"target_sum: [{values}]}}\n"
+    )
+    (root / "config" / "chains" / "sweep.yaml").write_text(
+        "input_path: example_data/cells\noperations: [normalize.yaml]\n"
+    )
+    (root / "config" / "config.yaml").write_text(
+        "storage: storage\nchains: [config/chains/sweep.yaml]\n"
+    )
+    if not (root / "storage").exists():
+        shutil.copytree(CELLS, root / "storage" / "example_data" / "cells")
+
+
 def env_for(project: Path) -> dict[str, str]:
     # Bytecode caches as on any machine: without them every job would recompile opchain's source.
     env = {
@@ -180,11 +201,12 @@ def env_for(project: Path) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], cwd: Path) -> tuple[float, str]:
-    """Wall time of ``command`` and its stdout + stderr; fails loudly on a non-zero exit."""
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall time of ``command`` (in ``env``, else :func:`env_for` ``cwd``) and its stdout +
+    stderr; fails loudly on a non-zero exit."""
     start = time.perf_counter()
     result = subprocess.run(
-        command, cwd=cwd, env=env_for(cwd), text=True, capture_output=True, timeout=TIMEOUT
+        command, cwd=cwd, env=env or env_for(cwd), text=True, capture_output=True, timeout=TIMEOUT
     )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:

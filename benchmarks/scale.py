@@ -63,7 +63,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from plan import BENCHOPS, PLAIN_NUMPY_SCRIPT, REPO, env_for, job_count, run, snakemake
+from plan import (
+    BENCHOPS,
+    CELLS,
+    PLAIN_NUMPY_SCRIPT,
+    REPO,
+    env_for,
+    job_count,
+    run,
+    snakemake,
+    write_cells_sweep,
+)
 
 from opchain import atomic
 from opchain.daf import FilesWriter, open_reader
@@ -306,8 +316,6 @@ def durability(args: argparse.Namespace, tmp: Path) -> None:
         print(f"| {name} | {ms:.2f} |")
 
 
-CELLS = REPO / "storage" / "example_data" / "cells"
-
 # The peer's step: normalize the input's CSR rows to the grid point's target sum, with numpy.
 NORMALIZE_SCRIPT = """\
 import numpy as np
@@ -343,23 +351,6 @@ rule normalize:
     script:
         "normalize.py"
 """
-
-
-def write_cells_sweep(root: Path, size: int) -> None:
-    """An opchain project: one chain of one normalize step with ``size`` target sums."""
-    (root / "config" / "chains").mkdir(parents=True)
-    (root / "config" / "operations").mkdir(parents=True)
-    shutil.copytree(CELLS, root / "storage" / "example_data" / "cells")
-    sums = ", ".join(str(1000 + t) for t in range(size))
-    (root / "config" / "operations" / "normalize.yaml").write_text(
-        f'type: normalize\nparameter_ranges: {{matrix: ["cell,gene#UMIs"], target_sum: [{sums}]}}\n'
-    )
-    (root / "config" / "chains" / "sweep.yaml").write_text(
-        "input_path: example_data/cells\noperations: [normalize.yaml]\n"
-    )
-    (root / "config" / "config.yaml").write_text(
-        "storage: storage\nchains: [config/chains/sweep.yaml]\n"
-    )
 
 
 def write_cells_peer(root: Path, size: int) -> None:

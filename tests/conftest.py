@@ -54,6 +54,13 @@ class Project:
     ) -> subprocess.CompletedProcess[str]:
         return self._run(self.snakemake_command(*args), check, env, umask)
 
+    def refusal(self, *args: str) -> str:
+        """The one line a refused ``snakemake *args`` ends with (it must fail, without a
+        traceback)."""
+        refused = self.snakemake(*args, check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+        return refused.stderr.strip().splitlines()[-1]
+
     def start_snakemake(self) -> subprocess.Popen[bytes]:
         """A snakemake run in the background, in its own session (so a test can kill it whole)."""
         return subprocess.Popen(self.snakemake_command(), cwd=self.root, env=self.env(),

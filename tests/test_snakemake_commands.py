@@ -190,3 +190,28 @@ def test_a_step_deleted_twice_is_recomputed_twice(tmp_path: Path) -> None:
         assert job_counts(project.snakemake("-n"))["add"] == 40
         project.snakemake()
         assert len(list(step.glob("dataset_*/metadata.yaml"))) == 40
+
+
+PENDING_TIMERS = """
+import sys, threading
+from snakemake.cli import main
+sys.argv = ["snakemake", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+print("pending timers:", sum(not t.finished.is_set() for t in timers))
+"""
+
+
+def test_a_finished_run_leaves_no_timer_to_wait_for(project: Project) -> None:
+    """Snakemake's scheduler arms a one-second timer on every pass and its process waits for them
+    before exiting; the workflow cancels them when the run succeeds or fails, so the command
+    returns when the run is over."""
+    command = project.snakemake_command()
+    python = [command[0], "-c", PENDING_TIMERS, *command[3:]]
+    assert "pending timers: 0" in project._run(python, True, None).stdout
+    project.edit("config/operations/add_one.yaml", "type: myops:boom\n")
+    failed = project._run(python, True, None)
+    assert "pending timers: 0" in failed.stdout and "Error" in failed.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "Jobs",
     "refused_flags",
     "rule_name",
+    "stop_rescheduling",
 ]
 
 JOBS_DIR = ".opchain/jobs"  # in the working directory: markers and step specs
@@ -283,3 +285,12 @@ def refused_flags(argv: list[str]) -> None:
             "never deleted by snakemake; 'opchain gc' removes the results no chain uses, and "
             "deleting a step directory (or a dataset_<k> in it) recomputes it"
         )
+
+
+def stop_rescheduling() -> None:
+    """Snakemake's onsuccess and onerror: the run is over. Its scheduler arms a one-second timer
+    (the job rate limiter's re-evaluation) on every pass, and the process waits for the last of
+    them before it exits: a second added to every run that ran jobs. Cancel them."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()

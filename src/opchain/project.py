@@ -32,9 +32,18 @@ module opchain_workflow:
 use rule * from opchain_workflow
 
 
+# Snakemake runs only the main Snakefile's hooks: opchain's onstart reserves the result names,
+# its onsuccess and onerror let the process exit as soon as the run is over.
 onstart:
-    # Snakemake runs only the main Snakefile's onstart: opchain's reserves the result names.
     opchain_workflow.onstart()
+
+
+onsuccess:
+    opchain_workflow.onsuccess()
+
+
+onerror:
+    opchain_workflow.onerror()
 """
 
 

@@ -7,7 +7,14 @@ from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import validate
 
 from opchain.errors import OpchainError
-from opchain.jobs import GATHER_DIR, JOBS_DIR, TABLES_DIR, Jobs, refused_flags
+from opchain.jobs import (
+    GATHER_DIR,
+    JOBS_DIR,
+    TABLES_DIR,
+    Jobs,
+    refused_flags,
+    stop_rescheduling,
+)
 from opchain.plan import plan_from_config
 
 validate(config, "../schemas/config.schema.yaml")
@@ -42,6 +49,15 @@ onstart:
         JOBS.start(SNAKEMAKE_VERSION, workflow.dag_settings, touch=workflow.touch)
     except OpchainError as error:
         sys.exit(f"opchain: {error}")
+
+
+# The run is over: Snakemake would wait up to a second for its scheduler's timers before exiting.
+onsuccess:
+    stop_rescheduling()
+
+
+onerror:
+    stop_rescheduling()
 
 
 def targets():
