@@ -59,6 +59,7 @@ from opchain.storage import (
     find_datasets,
     storage_root,
 )
+from opchain.table import read_metadata
 
 __all__ = [
     "ChainPlan",
@@ -81,7 +82,6 @@ UNKNOWN_SECONDS = 0.05  # a dataset to compute whose operation has no recorded c
 PUBLISH_SECONDS = 0.01  # a computed dataset's own costs beyond its recorded wall time: digests,
 # metadata, flushes
 SAMPLE = 64  # dataset fingerprints of a new step looked up in the index to estimate its work
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's where there
 DEFAULT_MAX_DATASETS = 1_000_000
 PROJECT_OPERATIONS = "scripts/operations"  # the project's own operations, found by name
 # A step's components that say which datasets it has, not what any one of them is.
@@ -617,8 +617,7 @@ class Plan:
     def _recorded_seconds(self, dataset: str) -> float | None:
         """What computing ``dataset`` took (its metadata's cost), if it says."""
         try:
-            text = (self.storage / dataset / "metadata.yaml").read_text(encoding="utf-8")
-            return float(yaml.load(text, Loader=_LOADER)["cost"]["wall_seconds"])
+            return float(read_metadata(self.storage, dataset)["cost"]["wall_seconds"])
         except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
             return None
 

@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 
 from opchain import verify
+from opchain.table import LOADER
 
 __all__ = ["OWN_FILES", "link_files", "linked_files", "linked_metadata"]
 
 OWN_FILES = ("metadata.yaml", "input_metadata.yaml")  # a dataset's own: written for each place
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def link_files(source: Path, temporary: Path, names: list[str]) -> list[Path]:
@@ -121,4 +121,4 @@ def _value(blocks: dict[str, str], key: str) -> Any:
         return value
     if "\n" not in value and value.startswith('"'):  # as this module writes it
         return json.loads(value)
-    return yaml.load(block, Loader=_LOADER)[key]
+    return yaml.load(block, Loader=LOADER)[key]
