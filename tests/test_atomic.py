@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from opchain import locks
-from opchain.atomic import aside_path, create_exclusive, link_same, write_atomic
+from opchain.atomic import (
+    aside_path,
+    create_exclusive,
+    link_same,
+    publish,
+    publish_many,
+    write_atomic,
+)
 
 
 def test_write_atomic_replaces_the_file_and_leaves_nothing_aside(tmp_path: Path) -> None:
@@ -100,3 +107,30 @@ def test_link_same_links_only_a_file_of_exactly_these_bytes(tmp_path: Path) -> N
         assert not (tmp_path / name).exists()
     assert not link_same(tmp_path / "missing", tmp_path / "none", b"")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_dataset_is_never_published_over_a_finished_one(tmp_path: Path) -> None:
+    """Two processes linking one point race to publish it: the first one's stays whole, the
+    second is told (its copy is its to drop), for one dataset and for a bulk of them."""
+
+    def dataset(name: str, text: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metadata.yaml").write_text(text)
+        return folder
+
+    final = dataset("dataset_1", "first\n")
+    late = dataset(".dataset_1.tmp-late", "second\n")
+    assert not publish(late, final)
+    assert (final / "metadata.yaml").read_text() == "first\n" and late.is_dir()
+
+    fresh = dataset(".dataset_2.tmp-a", "fresh\n")
+    empty = tmp_path / "dataset_3"  # an empty directory is not a finished dataset
+    empty.mkdir()
+    into_empty = dataset(".dataset_3.tmp-a", "third\n")
+    moves = [(late, final), (fresh, tmp_path / "dataset_2"), (into_empty, empty)]
+    written = [late / "metadata.yaml", fresh / "metadata.yaml", into_empty / "metadata.yaml"]
+    assert publish_many(moves, written) == {tmp_path / "dataset_2", empty}
+    assert (final / "metadata.yaml").read_text() == "first\n" and late.is_dir()
+    assert (tmp_path / "dataset_2" / "metadata.yaml").read_text() == "fresh\n"
+    assert (empty / "metadata.yaml").read_text() == "third\n"

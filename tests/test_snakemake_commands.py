@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import Project
+from slurm_cluster import ensure_packages
 from test_batches import grid_project
 from test_chains import job_counts, step_dirs
 
@@ -215,3 +216,22 @@ def test_a_finished_run_leaves_no_timer_to_wait_for(project: Project) -> None:
     project.edit("config/operations/add_one.yaml", "type: myops:boom\n")
     failed = project._run(python, True, None)
     assert "pending timers: 0" in failed.stdout and "Error" in failed.stderr
+
+
+def test_tables_and_reports_are_made_in_snakemakes_own_process(project: Project) -> None:
+    """A run starts an interpreter for each operation job only: the chains' tables and reports
+    (`run:` of local rules, in Snakemake's threads) start none, and no second `snakemake` that
+    would plan the workflow again."""
+    ensure_packages(["strace"], lambda: shutil.which("strace") is not None)
+    trace = project.root / "execs.txt"
+    command = ["strace", "-f", "-qq", "-s", "256", "-e", "trace=execve", "-e", "signal=none",
+               "-o", str(trace), *project.snakemake_command()]  # fmt: skip
+    subprocess.run(command, cwd=project.root, env=project.env(), check=True, capture_output=True)
+    started = re.findall(r'execve\("([^"]*)", \[([^]]*)\].* = 0$', trace.read_text(), re.MULTILINE)
+    pythons = [argv for program, argv in started if "python" in Path(program).name]
+    assert "snakemake" in pythons[0]
+    jobs = pythons[1:]
+    assert len(jobs) == sum(BATCHES.values())
+    assert all('"-m", "opchain.run"' in argv for argv in jobs), jobs
+    assert (project.root / ".opchain" / "chains" / "basic" / "results.csv").is_file()
+    assert (project.root / "reports" / "basic" / "results.html").is_file()

@@ -110,8 +110,9 @@ def publish(
     its content is flushed before the rename, the directory of ``final`` after it. Hard-linked
     files count like any other: flushed with their tree, published by its rename. ``exclusive``:
     a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file.
-    ``along``: more (temporary, final) pairs renamed just after, in the same two rounds of
-    flushes (a dataset and its index entry: two rounds, not four)."""
+    A directory never replaces a finished one (a non-empty ``final``): then False, nothing
+    renamed. ``along``: more (temporary, final) pairs renamed just after, in the same two rounds
+    of flushes (a dataset and its index entry: two rounds, not four)."""
     moves = [(temporary, final), *along]
     if _durable:
         flush([path for aside, _ in moves for path in _tree(aside)])
@@ -120,25 +121,38 @@ def publish(
             os.link(temporary, final)
         except FileExistsError:
             return False
-    else:
-        os.replace(temporary, final)
+    elif not _rename(temporary, final):
+        return False
     for aside, name in along:
         os.replace(aside, name)
     flush(list(dict.fromkeys(name.parent for _, name in moves)))
     return True
 
 
-def publish_many(moves: Sequence[tuple[Path, Path]], written: Iterable[Path]) -> None:
+def publish_many(moves: Sequence[tuple[Path, Path]], written: Iterable[Path]) -> set[Path]:
     """Give many complete temporaries their final names in two rounds of flushes for all of them:
     ``written`` (what in them is not durable yet) before the renames, the directories holding
     the new names after. For datasets of hard links of published files (a bulk link), whose
-    linked data is durable already: only their directories and their own new files are written."""
+    linked data is durable already: only their directories and their own new files are written.
+    Returns the finals published; a directory whose final another process finished meanwhile is
+    not (its temporary stays)."""
     if not moves:
-        return
+        return set()
     flush(written)
-    for temporary, final in moves:
+    published = {final for temporary, final in moves if _rename(temporary, final)}
+    flush(list(dict.fromkeys(final.parent for final in published)))
+    return published
+
+
+def _rename(temporary: Path, final: Path) -> bool:
+    """``os.replace``, except that a directory is not put over a non-empty one (False)."""
+    try:
         os.replace(temporary, final)
-    flush(list(dict.fromkeys(final.parent for _, final in moves)))
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST) and temporary.is_dir():
+            return False
+        raise
+    return True
 
 
 def make_dirs(path: Path) -> None:

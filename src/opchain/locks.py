@@ -20,7 +20,7 @@ from pathlib import Path
 
 from opchain.atomic import HOST, create_new, pid_alive
 
-__all__ = ["LOCKS_DIR", "hold", "holding"]
+__all__ = ["LOCKS_DIR", "hold"]
 
 LOCKS_DIR = ".opchain/locks"
 REFRESH_SECONDS = 30
@@ -80,31 +80,6 @@ def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     finally:
         done.set()
         lock.unlink(missing_ok=True)
-
-
-@contextmanager
-def holding(storage: Path, names: list[str]) -> Iterator[set[str]]:
-    """Hold, for the block, the locks of ``names`` that are free now (a dead owner's broken), and
-    yield those names; never waits, so a process holding many cannot deadlock with another, and
-    the caller does the rest one lock at a time (:func:`hold`). For a group of quick tasks (a
-    bulk link: seconds, far below STALE_SECONDS): the locks are not refreshed."""
-    folder = storage / LOCKS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    owner = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
-    held: set[str] = set()
-    try:
-        for name in names:
-            lock = folder / name.replace("/", "%")
-            if create_new(lock, owner):
-                held.add(name)
-            elif (stale := _stale_owner(lock)) is not None:
-                _break(lock, stale)
-                if create_new(lock, owner):
-                    held.add(name)
-        yield held
-    finally:
-        for name in held:
-            (folder / name.replace("/", "%")).unlink(missing_ok=True)
 
 
 def _refresh(lock: Path, done: threading.Event) -> None:

@@ -2,18 +2,21 @@
 
 ``python -m opchain.run --code HASH --workers N MARKER LOG`` reads its step's spec from
 ``step.json`` beside MARKER (written by the planner when the run started) and its batch number from
-MARKER's name, then for each dataset of the batch (N at once, in forked processes), under that
-dataset's lock in the storage root:
+MARKER's name, then for each dataset of the batch (N at once, in forked processes):
 
 - if the dataset exists (an earlier attempt, or another run sharing the root, finished it): keep it;
 - if the same grid point was computed before (same dataset fingerprint): hard-link its files
   (copy across filesystems) and write a ``metadata.yaml`` naming where it was ``computed_in``;
-  the batch's known points are linked first, in bulk (:func:`_link_known`: groups under the
-  locks free at once, each group published in one round of flushes);
-- else read the input, call the operation, and write the result under a hidden temporary name beside
-  its final place (daf data, ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with
-  the digest of every file), published only when complete (:func:`opchain.atomic.publish`: flushed
-  to stable storage, renamed, its directory flushed).
+  the batch's known points are linked first, in bulk and without locks (:func:`_link_known`:
+  groups published in one round of flushes each);
+- else, under that dataset's lock in the storage root, read the input, call the operation, and
+  write the result under a hidden temporary name beside its final place (daf data,
+  ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with the digest of every
+  file), published only when complete (:func:`opchain.atomic.publish`: flushed to stable
+  storage, renamed, its directory flushed).
+
+A dataset is never put over a finished one: of two processes publishing the same point (the
+same bytes), the second drops its copy.
 
 So a killed batch keeps its finished datasets and its rerun computes only the missing ones, and no
 process ever removes another live process's temporary. The step-level files are shared by the
@@ -64,7 +67,7 @@ from opchain.reuse import link_files, linked_files, linked_metadata
 __all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
-LINK_GROUP = 256  # datasets linked under their locks at once, in one round of flushes
+LINK_GROUP = 256  # datasets linked at once, in one round of flushes
 log = logging.getLogger("opchain")
 
 
@@ -184,25 +187,26 @@ def _make_dataset(
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
-        publish(temporary, output, along=entry)
-        _LAST_INPUT_METADATA.clear()
-        _LAST_INPUT_METADATA[described] = output / "input_metadata.yaml"
-    except BaseException as error:
+        if publish(temporary, output, along=entry):
+            _LAST_INPUT_METADATA.clear()
+            _LAST_INPUT_METADATA[described] = output / "input_metadata.yaml"
+        else:  # a process linking the same point (the same bytes) published it meanwhile
+            step_log.info("published meanwhile by another process: this copy dropped")
+    except Exception as error:
+        full = storage_error(error, output)  # the storage's fault, not the operation's
+        step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
+        if full is not None:  # no traceback: Snakemake shows a failed job's log
+            raise full from None
+        if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
+            log.error("%s", traceback.format_exc().rstrip())
+        raise DatasetFailed(
+            f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    finally:  # what was not published (all of it, unless published)
         shutil.rmtree(temporary, ignore_errors=True)
         for aside, _ in entry:
             aside.unlink(missing_ok=True)
-        if isinstance(error, Exception):
-            full = storage_error(error, output)  # the storage's fault, not the operation's
-            step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
-            if full is not None:  # no traceback: Snakemake shows a failed job's log
-                raise full from None
-            if not isinstance(error, OpchainError):  # a bug in the operation: the job log has all
-                log.error("%s", traceback.format_exc().rstrip())
-            raise DatasetFailed(
-                f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
-                f"{type(error).__name__}: {error}"
-            ) from error
-        raise
 
 
 def _compute(
@@ -279,58 +283,55 @@ def _link_known(
     spec: dict[str, Any], datasets: list[dict[str, Any]], leftovers: set[str]
 ) -> list[dict[str, Any]]:
     """Link the datasets of the batch computed before (their fingerprints are in the index) in
-    groups of LINK_GROUP, each under the locks free at once; return the datasets still to make
-    (to compute, or whose lock another process holds: those wait their turn one by one)."""
+    groups of LINK_GROUP; return the datasets still to compute. No lock is taken: a link is
+    cheap and the same whoever makes it, and publishing never puts a dataset over a finished one
+    (of two processes linking one point, one publishes, the other drops its copy)."""
     storage = Path(spec["storage"])
     index, step_dir = Index(storage), storage / spec["dir"]
     known = {d["k"]: found for d in datasets if (found := index.computed_at(d["fingerprint"]))}
-    linkable = [d for d in datasets if d["k"] in known]
+    linkable = [(d, known[d["k"]]) for d in datasets if d["k"] in known]
     if not linkable:
         return datasets
+    for dataset, _ in linkable:
+        if f"dataset_{dataset['k']}" in leftovers:  # only dead writers' (remove_leftovers)
+            remove_leftovers(step_dir / f"dataset_{dataset['k']}")
     done: set[int] = set()
     log_fd = os.open(step_dir / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     with closing_fd(log_fd):
         for at in range(0, len(linkable), LINK_GROUP):
-            group = {f"{spec['dir']}/dataset_{d['k']}": d for d in linkable[at : at + LINK_GROUP]}
-            with locks.holding(storage, list(group)) as held:
-                mine = [group[name] for name in group if name in held]
-                for dataset in mine:
-                    output = step_dir / f"dataset_{dataset['k']}"
-                    if output.exists():  # finished by another run meanwhile
-                        done.add(dataset["k"])
-                    elif output.name in leftovers:  # we hold the lock: none is a live one
-                        remove_leftovers(output)
-                todo = [(d, known[d["k"]]) for d in mine if d["k"] not in done]
-                done |= _link_group(spec, todo, log_fd)
+            done |= _link_group(spec, linkable[at : at + LINK_GROUP], log_fd)
     return [d for d in datasets if d["k"] not in done]
 
 
 def _link_group(
     spec: dict[str, Any], datasets: list[tuple[dict[str, Any], str]], log_fd: int
 ) -> set[int]:
-    """Link each of ``datasets`` (their locks held) from where it was computed (paired with it),
-    all published in one round of flushes; log a line each; return the numbers of those linked
-    (not those whose earlier place is gone: they are computed)."""
-    moves: list[tuple[Path, Path]] = []
+    """Link each of ``datasets`` from where it was computed (paired with it), all published in
+    one round of flushes; log a line each; return the numbers of those now in place (not those
+    whose earlier place is gone: they are computed)."""
+    moves: dict[Path, tuple[Path, str]] = {}  # final: (temporary, where it was computed)
     written: list[Path] = []
-    lines, linked = [], set()
+    numbers = {}
     try:
         for dataset, computed in datasets:
             output = Path(spec["storage"], spec["dir"], f"dataset_{dataset['k']}")
             aside = _link_aside(spec, dataset, computed, output)
-            if aside is None:
-                continue
-            moves.append((aside[0], output))
-            written += aside[1]
-            lines.append(log_line(output.name, "INFO", f"the same point as {computed}: linked"))
-            linked.add(dataset["k"])
-        publish_many(moves, written)
-    except BaseException:
-        for temporary, _ in moves:
-            shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            if aside is not None:
+                moves[output] = (aside[0], computed)
+                written += aside[1]
+                numbers[output] = dataset["k"]
+        published = publish_many([(aside, final) for final, (aside, _) in moves.items()], written)
+    finally:  # what was not published: on an error, or another process's dataset is there
+        for aside, _ in moves.values():
+            if aside.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+    lines = [
+        log_line(final.name, "INFO", f"the same point as {computed}: linked")
+        for final, (_, computed) in moves.items()
+        if final in published
+    ]
     os.write(log_fd, "".join(lines).encode())
-    return linked
+    return {numbers[final] for final in moves}
 
 
 def _link_aside(
@@ -353,7 +354,9 @@ def _link_aside(
             storage / computed, temporary, linked_files(storage / computed, digests)
         )
         own = inputs_metadata(storage, dataset)
-        (temporary / "input_metadata.yaml").write_text(own, encoding="utf-8")
+        _write_input_metadata(temporary / "input_metadata.yaml", own)
+        _LAST_INPUT_METADATA.clear()  # the next link of the group links this one
+        _LAST_INPUT_METADATA[own] = temporary / "input_metadata.yaml"
         place = {
             "seed": spec["seed"],
             "run": spec["seed"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from opchain.atomic import make_dirs, write_atomic
-from opchain.errors import OpchainError
+from opchain.errors import OpchainError, storage_errors
 from opchain.index import timestamp_name
 from opchain.verify import without_digests
 
@@ -41,6 +42,7 @@ __all__ = [
     "results_text",
     "select",
     "summarize",
+    "write_chain_files",
     "write_chain_outputs",
 ]
 
@@ -208,6 +210,19 @@ def write_chain_outputs(storage: Path, chain_dir: Path, manifest: dict[str, Any]
     _keep_history(chain_dir, text)
     _write_if_changed(chain_dir / "chain.yaml", text)
     _write_if_changed(chain_dir / RESULTS_CSV, rows_csv(chain_rows(storage, manifest)))
+
+
+def write_chain_files(spec: Path, chain_copy: Path, table_copy: Path) -> None:
+    """Rule ``chain_manifest``'s work: a chain's outputs from the compiled chain the run started
+    with (``spec``: JSON holding ``storage``, the chain's ``dir`` and its manifest), and their
+    copies in the working directory (the rule's outputs)."""
+    manifest = json.loads(spec.read_text(encoding="utf-8"))
+    storage = Path(manifest.pop("storage"))
+    chain_dir = storage / manifest.pop("dir")
+    with storage_errors(chain_dir):  # a full disk or a read-only root: one line
+        write_chain_outputs(storage, chain_dir, manifest)
+    shutil.copyfile(chain_dir / "chain.yaml", chain_copy)
+    shutil.copyfile(chain_dir / RESULTS_CSV, table_copy)
 
 
 def summarize(table: Any) -> Any:

@@ -66,10 +66,8 @@ rule chain_manifest:
     log:
         "logs/chains/{chain}.log",
     localrule: True
-    conda:
-        "../../environment.yml"
     params:
         key=chain_key,
         spec=chain_spec_file,
-    script:
-        "../../scripts/write_chain.py"
+    run:
+        in_process(write_chain_files, params.spec, output.chain, output.table)

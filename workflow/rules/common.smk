@@ -2,8 +2,10 @@
 # its jobs, expose them to the rules.
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake import __version__ as SNAKEMAKE_VERSION
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from opchain.errors import OpchainError
@@ -16,6 +18,8 @@ from opchain.jobs import (
     stop_rescheduling,
 )
 from opchain.plan import plan_from_config
+from opchain.report import build_report
+from opchain.table import write_chain_files
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -24,6 +28,18 @@ validate(config, "../schemas/config.schema.yaml")
 from snakemake.persistence import ParamsChange
 
 ParamsChange.__iter__ = lambda change: iter(change.files if change else ())
+# A `run:` job (the chains' tables and reports: see in_process) runs in Snakemake's own threads,
+# as under any remote executor (SLURM), not in a new `snakemake` process that starts and plans the
+# workflow again (~1 s each): --force-use-threads for local runs. Every other job is a shell command.
+from snakemake.executors.local import Executor as LocalExecutor
+
+
+def _use_threads(executor, post_init=LocalExecutor.__post_init__):
+    post_init(executor)
+    executor.use_threads = True
+
+
+LocalExecutor.__post_init__ = _use_threads
 
 try:
     if workflow.is_main_process:
@@ -58,6 +74,16 @@ onsuccess:
 
 onerror:
     stop_rescheduling()
+
+
+def in_process(work, *paths):
+    """A bookkeeping rule's work, ``work(*paths)``, done in Snakemake's own process (a `run:` of a
+    local rule): every run that changes a result runs these, and a new interpreter would import
+    opchain again for each. An opchain error fails the job with one line."""
+    try:
+        work(*map(Path, paths))
+    except OpchainError as error:
+        raise WorkflowError(f"opchain: {error}") from None
 
 
 def targets():

@@ -25,11 +25,9 @@ rule chain_report:
     log:
         "logs/{chain}/chain_report.log",
     localrule: True
-    conda:
-        "../../environment.yml"
     params:
         chain=chain_name,
         runs=lambda wildcards: chain_of(wildcards).spec.runs,
         storage=STORAGE,
-    script:
-        "../../scripts/chain_report.py"
+    run:
+        in_process(build_report, input[0], params.storage, output.table, output.figures)

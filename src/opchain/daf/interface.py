@@ -331,7 +331,8 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
         old = aside_path(final, "old")
         os.rename(final, old)
         try:
-            publish(temp, final)
+            if not publish(temp, final):
+                raise DafError(f"another process wrote the dataset meanwhile: {final}")
         except BaseException:
             os.rename(old, final)
             raise
@@ -339,7 +340,8 @@ def commit(temp: Path, final: Path, overwrite: bool) -> None:
         return
     try:
         if temp.is_dir():
-            publish(temp, final)  # fails if final became a non-empty directory meanwhile
+            if not publish(temp, final):  # final became a non-empty directory meanwhile
+                raise DafError(f"refuse to overwrite the existing dataset: {final}")
             return
         try:
             # A link fails if final appeared meanwhile: no silent clobbering.
