@@ -96,12 +96,14 @@ def test_a_run_flushes_every_dataset_before_its_rename_and_its_directory_after(
     storage = Path(os.path.realpath(project.storage))
     flushed: set[str] = set()
     datasets = linked = 0
+    computed = []  # (position, process) of each computed dataset's rename
     for position, pid, temporary, final in publications(events, storage):
         before = {p for _, call, paths in events[:position] if call == "fsync" for p in paths}
         if re.fullmatch(r"dataset_\d+", os.path.basename(final)):
             datasets += 1
             reused = "computed_in" in yaml.safe_load(Path(final, "metadata.yaml").read_text())
             linked += reused
+            computed += [] if reused else [(position, pid)]
             # A reused dataset's hard links share the data of files flushed when they were first
             # published: its directories and its own two files are what is new.
             tree = [os.path.join(temporary, os.path.relpath(os.path.join(folder, name), final))
@@ -114,6 +116,10 @@ def test_a_run_flushes_every_dataset_before_its_rename_and_its_directory_after(
         assert [os.path.dirname(final)] in flushes, f"{final}: its directory was not flushed"
         flushed.add(final)
     assert datasets == 8 and linked == 4
+    # A step's job publishes the two datasets it computed (within half a second) together: one
+    # round of flushes before their renames and one after, not two rounds each.
+    for (first, pid), (second, other) in zip(computed[::2], computed[1::2], strict=True):
+        assert pid == other and not [e for e in events[first:second] if e[1] == "fsync"]
     assert any("/.opchain/datasets/" in f for f in flushed)  # where each point was computed
     assert any("/.opchain/names/" in f for f in flushed)  # the new steps' name claims
     assert {os.path.basename(f) for f in flushed} >= {"chain.yaml", "results.csv"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,35 +112,45 @@ def publish(
     a hard link that fails if ``final`` exists (then False; ``temporary`` stays), for a file.
     A directory never replaces a finished one (a non-empty ``final``): then False, nothing
     renamed. ``along``: more (temporary, final) pairs renamed just after, in the same two rounds
-    of flushes (a dataset and its index entry: two rounds, not four)."""
-    moves = [(temporary, final), *along]
-    if _durable:
-        flush([path for aside, _ in moves for path in _tree(aside)])
-    if exclusive:
-        try:
-            os.link(temporary, final)
-        except FileExistsError:
-            return False
-    elif not _rename(temporary, final):
+    of flushes."""
+    if not exclusive:
+        return final in publish_many([(temporary, final)], along={final: along})
+    flush(_tree(temporary))
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
         return False
-    for aside, name in along:
-        os.replace(aside, name)
-    flush(list(dict.fromkeys(name.parent for _, name in moves)))
+    flush([final.parent])
     return True
 
 
-def publish_many(moves: Sequence[tuple[Path, Path]], written: Iterable[Path]) -> set[Path]:
-    """Give many complete temporaries their final names in two rounds of flushes for all of them:
-    ``written`` (what in them is not durable yet) before the renames, the directories holding
-    the new names after. For datasets of hard links of published files (a bulk link), whose
-    linked data is durable already: only their directories and their own new files are written.
-    Returns the finals published; a directory whose final another process finished meanwhile is
-    not (its temporary stays)."""
-    if not moves:
-        return set()
+def publish_many(
+    moves: Sequence[tuple[Path, Path]],
+    written: Iterable[Path] | None = None,
+    along: Mapping[Path, Sequence[tuple[Path, Path]]] | None = None,
+) -> set[Path]:
+    """Give many complete temporaries their final names in two rounds of flushes for all of them
+    (a round waits for the disk once, however many files it flushes): before the renames,
+    ``written`` (what in them is not durable yet; by default every file and directory in them),
+    after, the directories holding the new names. ``along``: for a final, more (temporary,
+    final) pairs renamed just after it if it was published (a dataset's index entry). Returns
+    the finals published: a directory whose final another process finished meanwhile is not
+    (its temporary stays). For datasets of hard links of published files (a bulk link), whose
+    linked data is durable already, ``written`` is only their directories and own new files."""
+    along = along or {}
+    if written is None:
+        pairs = [*moves, *(pair for _, final in moves for pair in along.get(final, ()))]
+        written = [path for aside, _ in pairs for path in _tree(aside)] if _durable else []
     flush(written)
-    published = {final for temporary, final in moves if _rename(temporary, final)}
-    flush(list(dict.fromkeys(final.parent for final in published)))
+    published, names = set(), []
+    for temporary, final in moves:
+        if _rename(temporary, final):
+            published.add(final)
+            names.append(final)
+            for aside, name in along.get(final, ()):
+                os.replace(aside, name)
+                names.append(name)
+    flush(list(dict.fromkeys(name.parent for name in names)))
     return published
 
 

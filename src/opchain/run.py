@@ -36,11 +36,11 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -50,7 +50,6 @@ from opchain.atomic import (
     aside_path,
     link_same,
     make_dirs,
-    publish,
     publish_many,
     remove_leftovers,
     set_durable,
@@ -68,6 +67,9 @@ __all__ = ["main", "run_batch", "versions"]
 
 H5_FILE = "data.h5"  # a result stored as HDF5 is <dataset dir>/data.h5
 LINK_GROUP = 256  # datasets linked at once, in one round of flushes
+PUBLISH_SECONDS = 0.5  # a computed dataset waits at most this long to be published with others
+PUBLISH_GROUP = 64
+INPUT_METADATA = "input_metadata.yaml"
 log = logging.getLogger("opchain")
 
 
@@ -148,10 +150,11 @@ def _make_datasets(
     storage, index = Path(spec["storage"]), Index(Path(spec["storage"]))
     step_dir = storage / spec["dir"]
     log_fd = os.open(step_dir / "operation.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    with CostMeter() as meter, closing_fd(log_fd):
+    with CostMeter() as meter, closing_fd(log_fd), _Publication(log_fd) as publication:
         for dataset in datasets:
             output = step_dir / f"dataset_{dataset['k']}"
-            with locks.hold(storage, f"{spec['dir']}/{output.name}"):
+            with ExitStack() as lock:
+                lock.enter_context(locks.hold(storage, f"{spec['dir']}/{output.name}"))
                 if output.exists():  # finished by another run while we waited
                     continue
                 if output.name in leftovers:  # we hold the lock: none of them is a live one
@@ -160,7 +163,94 @@ def _make_datasets(
                 if computed and _link_group(spec, [(dataset, computed)], log_fd):
                     continue
                 with _step_log(output, log_fd) as step_log:
-                    _make_dataset(operation, spec, dataset, output, index, step_log, meter)
+                    ready = _make_dataset(operation, spec, dataset, output, index, step_log, meter)
+                publication.add(ready, lock.pop_all())  # the lock is held until it is published
+
+
+class _Ready(NamedTuple):
+    """A dataset computed aside, to publish."""
+
+    temporary: Path
+    output: Path
+    entry: tuple[Path, Path]  # its index entry: aside, final
+    input_metadata: str
+
+
+class _Publication:
+    """The datasets a process computes within PUBLISH_SECONDS of each other, published together:
+    one round of flushes before their renames and one after, for all of them (a round waits for
+    the disk, and two a dataset were most of a cheap dataset's cost), each under its lock until
+    then. A timer publishes a group at the latest PUBLISH_SECONDS after its first dataset was
+    ready, so a kill loses no more finished work than that (removed as leftovers), however long
+    the next dataset takes; an error publishes what is complete first."""
+
+    def __init__(self, log_fd: int) -> None:
+        self.log_fd = log_fd
+        self.ready: list[tuple[_Ready, ExitStack]] = []
+        self.mutex = threading.Lock()  # the timer's thread publishes too
+        self.timer: threading.Timer | None = None
+        self.failed: BaseException | None = None  # the timer's publication's error, to raise
+
+    def __enter__(self) -> _Publication:
+        return self
+
+    def add(self, ready: _Ready, lock: ExitStack) -> None:
+        with self.mutex:
+            self._raise_failure()
+            self.ready.append((ready, lock))
+            if len(self.ready) >= PUBLISH_GROUP:
+                self._publish()
+            elif self.timer is None:
+                self.timer = threading.Timer(PUBLISH_SECONDS, self._due)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _due(self) -> None:
+        with self.mutex:
+            try:
+                self._publish()
+            except BaseException as error:
+                self.failed = error
+
+    def _raise_failure(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+    def _publish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        pending, self.ready = self.ready, []
+        if not pending:
+            return
+        group = [ready for ready, _ in pending]
+        try:
+            published = publish_many(
+                [(r.temporary, r.output) for r in group], along={r.output: [r.entry] for r in group}
+            )
+        finally:  # what was not published is removed, and every lock released
+            for ready, lock in pending:
+                shutil.rmtree(ready.temporary, ignore_errors=True)
+                ready.entry[0].unlink(missing_ok=True)
+                lock.close()
+        dropped = "".join(
+            log_line(r.output.name, "INFO", "published meanwhile by another process: dropped")
+            for r in group
+            if r.output not in published  # a process linking the same point: the same bytes
+        )
+        os.write(self.log_fd, dropped.encode())
+        _LAST_INPUT_METADATA.clear()
+        if group[-1].output in published:  # the next dataset links it
+            _LAST_INPUT_METADATA[group[-1].input_metadata] = group[-1].output / INPUT_METADATA
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        with self.mutex:
+            if kind is None:
+                self._publish()
+                self._raise_failure()
+            else:  # the error that stopped the batch is the one to tell, not one publishing
+                with suppress(Exception):
+                    self._publish()
 
 
 def _make_dataset(
@@ -171,28 +261,32 @@ def _make_dataset(
     index: Index,
     step_log: logging.Logger,
     meter: CostMeter,
-) -> None:
+) -> _Ready:
+    """Compute ``dataset`` into a temporary beside ``output``, with its index entry aside."""
     storage = Path(spec["storage"])
     temporary = aside_path(output)
     temporary.mkdir()
-    entry: list[tuple[Path, Path]] = []  # where the point was computed, published with it
+    entry = None
     try:
         step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
         metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
         scores = metadata["results"]
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         described = inputs_metadata(storage, dataset)
-        _write_input_metadata(temporary / "input_metadata.yaml", described)
+        _write_input_metadata(temporary / INPUT_METADATA, described)
+        _LAST_INPUT_METADATA.clear()  # the next dataset links this one
+        _LAST_INPUT_METADATA[described] = temporary / INPUT_METADATA
         files = verify.digests(temporary, {}, _LINKED)
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
-        entry.append(index.dataset_entry(dataset["fingerprint"], metadata["output"]))
-        if publish(temporary, output, along=entry):
-            _LAST_INPUT_METADATA.clear()
-            _LAST_INPUT_METADATA[described] = output / "input_metadata.yaml"
-        else:  # a process linking the same point (the same bytes) published it meanwhile
-            step_log.info("published meanwhile by another process: this copy dropped")
-    except Exception as error:
+        entry = index.dataset_entry(dataset["fingerprint"], metadata["output"])
+        return _Ready(temporary, output, entry, described)
+    except BaseException as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if entry is not None:
+            entry[0].unlink(missing_ok=True)
+        if not isinstance(error, Exception):
+            raise
         full = storage_error(error, output)  # the storage's fault, not the operation's
         step_log.error("failed: %s", full or f"{type(error).__name__}: {error}")
         if full is not None:  # no traceback: Snakemake shows a failed job's log
@@ -203,10 +297,6 @@ def _make_dataset(
             f"{output.relative_to(storage)}: operation '{spec['operation']}' failed: "
             f"{type(error).__name__}: {error}"
         ) from error
-    finally:  # what was not published (all of it, unless published)
-        shutil.rmtree(temporary, ignore_errors=True)
-        for aside, _ in entry:
-            aside.unlink(missing_ok=True)
 
 
 def _compute(
@@ -354,9 +444,9 @@ def _link_aside(
             storage / computed, temporary, linked_files(storage / computed, digests)
         )
         own = inputs_metadata(storage, dataset)
-        _write_input_metadata(temporary / "input_metadata.yaml", own)
+        _write_input_metadata(temporary / INPUT_METADATA, own)
         _LAST_INPUT_METADATA.clear()  # the next link of the group links this one
-        _LAST_INPUT_METADATA[own] = temporary / "input_metadata.yaml"
+        _LAST_INPUT_METADATA[own] = temporary / INPUT_METADATA
         place = {
             "seed": spec["seed"],
             "run": spec["seed"],
@@ -372,7 +462,7 @@ def _link_aside(
         if isinstance(error, FileNotFoundError):  # a file of it is gone
             return None
         raise
-    return temporary, [*written, temporary / "input_metadata.yaml", temporary / "metadata.yaml"]
+    return temporary, [*written, temporary / INPUT_METADATA, temporary / "metadata.yaml"]
 
 
 def _plain(value: Any) -> Any:
@@ -404,7 +494,7 @@ def open_inputs(storage: Path, dataset: dict[str, Any]) -> Any:
     return dict(zip(paths, _readers(list(paths.values())), strict=True))
 
 
-_LAST_INPUT_METADATA: dict[str, Path] = {}  # the last published input_metadata.yaml, by text
+_LAST_INPUT_METADATA: dict[str, Path] = {}  # the last input_metadata.yaml written, by text
 
 
 def _write_input_metadata(path: Path, text: str) -> None:
