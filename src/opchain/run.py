@@ -12,13 +12,13 @@ MARKER's name, then for each dataset of the batch (N at once, in forked processe
 - else, under that dataset's lock in the storage root, read the input, call the operation, and
   write the result under a hidden temporary name beside its final place (daf data,
   ``datastore/``, ``input_metadata.yaml``, ``metadata.yaml`` ending with the digest of every
-  file), published only when complete (:func:`opchain.atomic.publish`: flushed to stable
-  storage, renamed, its directory flushed).
+  file), published only when complete, with the datasets the process computed within half a
+  second (:class:`_Publication`: flushed to stable storage, renamed, their directories flushed).
 
 A dataset is never put over a finished one: of two processes publishing the same point (the
 same bytes), the second drops its copy.
 
-So a killed batch keeps its finished datasets and its rerun computes only the missing ones, and no
+So a killed batch keeps its finished datasets (all but the last half second's) and its rerun computes only the missing ones, and no
 process ever removes another live process's temporary. The step-level files are shared by the
 step's jobs: ``operation.log`` gets each dataset's lines in one appending write, and
 ``source_operation.yaml`` (the operation as it ran) is written once. Finally the job touches MARKER,
