@@ -101,14 +101,18 @@ def test_a_run_flushes_every_dataset_before_its_rename_and_its_directory_after(
         before = {p for _, call, paths in events[:position] if call == "fsync" for p in paths}
         if re.fullmatch(r"dataset_\d+", os.path.basename(final)):
             datasets += 1
-            reused = "computed_in" in yaml.safe_load(Path(final, "metadata.yaml").read_text())
+            meta = yaml.safe_load(Path(final, "metadata.yaml").read_text())
+            reused = "computed_in" in meta
             linked += reused
             computed += [] if reused else [(position, pid)]
             # A reused dataset's hard links share the data of files flushed when they were first
-            # published: its directories and its own two files are what is new.
+            # published: its directories and its own two files are what is new. So do the files
+            # a computed dataset carries unchanged from its input (hard links of the input's).
+            carried = {os.stat(p).st_ino for p in (storage / meta["input"]).iterdir()}
             tree = [os.path.join(temporary, os.path.relpath(os.path.join(folder, name), final))
                     for folder, dirs, files in os.walk(final) for name in (*dirs, *files)
-                    if not reused or name in dirs or name in OWN_FILES]  # fmt: skip
+                    if name in dirs or name in OWN_FILES or (not reused
+                    and os.stat(os.path.join(folder, name)).st_ino not in carried)]  # fmt: skip
             assert {temporary, *tree} <= before, f"{final}: published before all was flushed"
         else:  # an index entry, a name claim, chain.yaml, results.csv, a history version
             assert temporary in before, f"{final}: published before it was flushed"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,7 @@ __all__ = [
     "publish_many",
     "remove_leftovers",
     "set_durable",
+    "tree",
     "write_aside",
     "write_atomic",
 ]
@@ -89,13 +90,17 @@ def _flushers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(16, thread_name_prefix="opchain-flush")
 
 
-def _tree(path: Path) -> list[Path]:
-    """``path`` and, for a directory, every file and directory under it."""
+def tree(path: Path, linked: Collection[str] = ()) -> list[Path]:
+    """``path`` and, for a directory, every file and directory under it: what publishing it
+    flushes. But the files ``linked`` (names of files in ``path`` itself that are hard links of
+    published files: their data is durable already, their new entries are ``path``'s)."""
     if not path.is_dir():
         return [path]
     found = [path]
     for folder, dirs, files in os.walk(path):
-        found += [Path(folder, name) for name in (*dirs, *files)]
+        top = folder == str(path)
+        found += [Path(folder, name) for name in dirs]
+        found += [Path(folder, name) for name in files if not (top and name in linked)]
     return found
 
 
@@ -115,7 +120,7 @@ def publish(
     of flushes."""
     if not exclusive:
         return final in publish_many([(temporary, final)], along={final: along})
-    flush(_tree(temporary))
+    flush(tree(temporary))
     try:
         os.link(temporary, final)
     except FileExistsError:
@@ -140,7 +145,7 @@ def publish_many(
     along = along or {}
     if written is None:
         pairs = [*moves, *(pair for _, final in moves for pair in along.get(final, ()))]
-        written = [path for aside, _ in pairs for path in _tree(aside)] if _durable else []
+        written = [path for aside, _ in pairs for path in tree(aside)] if _durable else []
     flush(written)
     published, names = set(), []
     for temporary, final in moves:

@@ -48,11 +48,13 @@ import yaml
 from opchain import __version__, locks, verify
 from opchain.atomic import (
     aside_path,
+    durable,
     link_same,
     make_dirs,
     publish_many,
     remove_leftovers,
     set_durable,
+    tree,
     write_atomic,
 )
 from opchain.daf import FilesReader, FilesWriter, Reader, open_reader
@@ -173,6 +175,7 @@ class _Ready(NamedTuple):
     temporary: Path
     output: Path
     entry: tuple[Path, Path]  # its index entry: aside, final
+    written: list[Path]  # what publishing it flushes first
     input_metadata: str
 
 
@@ -187,46 +190,52 @@ class _Publication:
     def __init__(self, log_fd: int) -> None:
         self.log_fd = log_fd
         self.ready: list[tuple[_Ready, ExitStack]] = []
-        self.mutex = threading.Lock()  # the timer's thread publishes too
-        self.timer: threading.Timer | None = None
-        self.failed: BaseException | None = None  # the timer's publication's error, to raise
+        self.mutex = threading.Lock()  # guards ready: the timers' threads publish too
+        self.timer: threading.Timer | None = None  # the pending group's
+        self.timers: list[threading.Timer] = []  # every one started: joined at the end
+        self.failed: BaseException | None = None  # a timer's publication's error, to raise
 
     def __enter__(self) -> _Publication:
         return self
 
     def add(self, ready: _Ready, lock: ExitStack) -> None:
+        if self.failed is not None:
+            raise self.failed
         with self.mutex:
-            self._raise_failure()
             self.ready.append((ready, lock))
-            if len(self.ready) >= PUBLISH_GROUP:
-                self._publish()
-            elif self.timer is None:
+            group = self._take() if len(self.ready) >= PUBLISH_GROUP else []
+            if not group and self.timer is None:
                 self.timer = threading.Timer(PUBLISH_SECONDS, self._due)
                 self.timer.daemon = True
                 self.timer.start()
+                self.timers.append(self.timer)
+        self._publish(group)  # not under the mutex: computing goes on while a group is flushed
 
-    def _due(self) -> None:
-        with self.mutex:
-            try:
-                self._publish()
-            except BaseException as error:
-                self.failed = error
-
-    def _raise_failure(self) -> None:
-        if self.failed is not None:
-            raise self.failed
-
-    def _publish(self) -> None:
+    def _take(self) -> list[tuple[_Ready, ExitStack]]:
+        """The pending group, to publish (under the mutex)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         pending, self.ready = self.ready, []
+        return pending
+
+    def _due(self) -> None:
+        with self.mutex:
+            group = self._take()
+        try:
+            self._publish(group)
+        except BaseException as error:
+            self.failed = error
+
+    def _publish(self, pending: list[tuple[_Ready, ExitStack]]) -> None:
         if not pending:
             return
         group = [ready for ready, _ in pending]
         try:
             published = publish_many(
-                [(r.temporary, r.output) for r in group], along={r.output: [r.entry] for r in group}
+                [(r.temporary, r.output) for r in group],
+                [path for r in group for path in (*r.written, r.entry[0])],
+                along={r.output: [r.entry] for r in group},
             )
         finally:  # what was not published is removed, and every lock released
             for ready, lock in pending:
@@ -245,12 +254,18 @@ class _Publication:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         with self.mutex:
+            group = self._take()
+        try:
             if kind is None:
-                self._publish()
-                self._raise_failure()
+                self._publish(group)
             else:  # the error that stopped the batch is the one to tell, not one publishing
                 with suppress(Exception):
-                    self._publish()
+                    self._publish(group)
+        finally:
+            for timer in self.timers:  # a group being published by its timer
+                timer.join()
+        if kind is None and self.failed is not None:
+            raise self.failed
 
 
 def _make_dataset(
@@ -269,7 +284,7 @@ def _make_dataset(
     entry = None
     try:
         step_log.info("%s %s on %s", spec["operation"], dataset["parameters"], dataset["input"])
-        metadata = _compute(operation, spec, dataset, temporary, output, step_log, meter)
+        metadata, linked = _compute(operation, spec, dataset, temporary, output, step_log, meter)
         scores = metadata["results"]
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         described = inputs_metadata(storage, dataset)
@@ -280,7 +295,8 @@ def _make_dataset(
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry = index.dataset_entry(dataset["fingerprint"], metadata["output"])
-        return _Ready(temporary, output, entry, described)
+        written = tree(temporary, linked) if durable() else []
+        return _Ready(temporary, output, entry, written, described)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if entry is not None:
@@ -307,8 +323,9 @@ def _compute(
     output: Path,
     step_log: logging.Logger,
     meter: CostMeter,
-) -> dict[str, Any]:
-    """Call the operation into ``temporary``; return the dataset's metadata."""
+) -> tuple[dict[str, Any], set[str]]:
+    """Call the operation into ``temporary``; return the dataset's metadata, and the names of
+    the files it hard-linked from its input (not flushed again when published)."""
     storage = Path(spec["storage"])
     started = now()
     meter.start()
@@ -345,7 +362,7 @@ def _compute(
         figures = save_figures(
             context.figures, temporary / "datastore", storage, output / "datastore"
         )
-    return {
+    metadata = {
         "operation": spec["operation"],
         "type": spec["type"],
         "parameters": dataset["parameters"],
@@ -367,6 +384,7 @@ def _compute(
         "finished": now(),
         "cost": meter.stop(),
     }
+    return metadata, writer.linked if isinstance(writer, FilesWriter) else set()
 
 
 def _link_known(

@@ -361,12 +361,14 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` as ``target``, or write a copy."""
+def _link_or_copy(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` as ``target`` (True), or write a copy."""
     try:
         os.link(source, target)
     except OSError:  # another file system, or no hard links there
         shutil.copyfile(source, target)
+        return False
+    return True
 
 
 def _line_chunks(data: bytes, start: int, size: int = 4 << 20) -> Iterator[bytes]:
@@ -759,6 +761,9 @@ class FilesWriter(FilesReader, Writer):
             raise DafError(f"can't create the dataset: {final} ({error.strerror})") from None
         self._start(directory)
         self._like: Path | None = None  # the files dataset this one copies axes from
+        # The files hard-linked from other datasets: their data is on disk as it was, so a
+        # publication flushes only their new entries (this directory), not them again.
+        self.linked: set[str] = set()
 
     @staticmethod
     def _clear(directory: Path, overwrite: bool) -> None:
@@ -831,7 +836,8 @@ class FilesWriter(FilesReader, Writer):
         header and the lines after it at those positions."""
         target = self._dir / source.name
         if take is None:
-            _link_or_copy(source, target)
+            if _link_or_copy(source, target):
+                self.linked.add(target.name)
             return
         data = source.read_bytes()
         header_end = data.index(b"\n") + 1
@@ -975,6 +981,7 @@ class FilesWriter(FilesReader, Writer):
         if source is not None:
             try:
                 os.link(source, self._dir / name)
+                self.linked.add(name)
                 return
             except OSError:
                 pass  # another file system, or no hard links there: copy the bytes
@@ -1003,7 +1010,9 @@ class FilesWriter(FilesReader, Writer):
         one copies its axes from if it holds exactly these bytes (the header, an item, a sidecar
         carried unchanged: see :func:`~opchain.atomic.link_same`)."""
         target = self._dir / name
-        if self._like is None or not link_same(self._like / name, target, text.encode()):
+        if self._like is not None and link_same(self._like / name, target, text.encode()):
+            self.linked.add(name)
+        else:
             _write_text(target, text)
 
 
