@@ -2,6 +2,7 @@
 # its jobs, expose them to the rules.
 import shlex
 import sys
+import threading
 from pathlib import Path
 
 from snakemake import __version__ as SNAKEMAKE_VERSION
@@ -76,12 +77,17 @@ onerror:
     stop_rescheduling()
 
 
+# One at a time: matplotlib and pandas are not thread-safe.
+IN_PROCESS = threading.Lock()
+
+
 def in_process(work, *paths):
     """A bookkeeping rule's work, ``work(*paths)``, done in Snakemake's own process (a `run:` of a
     local rule): every run that changes a result runs these, and a new interpreter would import
     opchain again for each. An opchain error fails the job with one line."""
     try:
-        work(*map(Path, paths))
+        with IN_PROCESS:
+            work(*map(Path, paths))
     except OpchainError as error:
         raise WorkflowError(f"opchain: {error}") from None
 
