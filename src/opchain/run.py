@@ -176,7 +176,6 @@ class _Ready(NamedTuple):
     output: Path
     entry: tuple[Path, Path]  # its index entry: aside, final
     written: list[Path]  # what publishing it flushes first
-    input_metadata: str
 
 
 class _Publication:
@@ -248,9 +247,6 @@ class _Publication:
             if r.output not in published  # a process linking the same point: the same bytes
         )
         os.write(self.log_fd, dropped.encode())
-        _LAST_INPUT_METADATA.clear()
-        if group[-1].output in published:  # the next dataset links it
-            _LAST_INPUT_METADATA[group[-1].input_metadata] = group[-1].output / INPUT_METADATA
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         with self.mutex:
@@ -289,14 +285,12 @@ def _make_dataset(
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         described = inputs_metadata(storage, dataset)
         _write_input_metadata(temporary / INPUT_METADATA, described)
-        _LAST_INPUT_METADATA.clear()  # the next dataset links this one
-        _LAST_INPUT_METADATA[described] = temporary / INPUT_METADATA
         files = verify.digests(temporary, {}, _LINKED)
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry = index.dataset_entry(dataset["fingerprint"], metadata["output"])
         written = tree(temporary, linked) if durable() else []
-        return _Ready(temporary, output, entry, written, described)
+        return _Ready(temporary, output, entry, written)
     except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
         if entry is not None:
@@ -463,8 +457,6 @@ def _link_aside(
         )
         own = inputs_metadata(storage, dataset)
         _write_input_metadata(temporary / INPUT_METADATA, own)
-        _LAST_INPUT_METADATA.clear()  # the next link of the group links this one
-        _LAST_INPUT_METADATA[own] = temporary / INPUT_METADATA
         place = {
             "seed": spec["seed"],
             "run": spec["seed"],
@@ -516,11 +508,14 @@ _LAST_INPUT_METADATA: dict[str, Path] = {}  # the last input_metadata.yaml writt
 
 
 def _write_input_metadata(path: Path, text: str) -> None:
-    """Write ``path``, or link the last result's if it is the same text (one file less to
-    create: a batch's results mostly read one input)."""
+    """Write ``path``, or link the last one written if it is the same text (one file less to
+    create: a batch's results mostly read one input). The last one may be in a temporary
+    published since: then it is written afresh, once a group of datasets."""
     last = _LAST_INPUT_METADATA.get(text)
     if last is None or not link_same(last, path, text.encode()):
         path.write_text(text, encoding="utf-8")
+    _LAST_INPUT_METADATA.clear()
+    _LAST_INPUT_METADATA[text] = path
 
 
 _LINKED: dict[tuple[int, ...], str] = {}  # digests of linked files (verify.digests)
