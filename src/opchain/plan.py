@@ -74,8 +74,10 @@ __all__ = [
 ]
 
 FORMATS = ("files", "h5")
-MAX_BATCH = 100  # datasets per job at most, unless JOBS_PER_STEP jobs would each hold more
-JOBS_PER_STEP = 16  # auto batches make at most this many jobs per step (or size / MAX_BATCH)
+MAX_BATCH = 1000  # datasets per job at most: progress Snakemake shows, work a failed job redoes
+JOBS_PER_SLOT = 2  # auto batches: at most this many jobs per step for each job the run runs at
+# once (its cores; its --jobs on a cluster): slack for points of uneven cost
+SLOTS = 8  # jobs at once where the run does not say (planning outside Snakemake)
 JOB_SECONDS = 2.0  # expected work per job at least: its start-up (~0.4 s) stays under a fifth
 LINK_SECONDS = 0.001  # a dataset computed before, linked in bulk by the job (run._link_known)
 UNKNOWN_SECONDS = 0.05  # a dataset to compute whose operation has no recorded cost in the step
@@ -97,17 +99,20 @@ def fingerprint(components: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(components).encode()).hexdigest()[:20]
 
 
-def batch_size(datasets: int, setting: int | str, seconds: float | None = None) -> int:
+def batch_size(
+    datasets: int, setting: int | str, seconds: float | None = None, slots: int = SLOTS
+) -> int:
     """Datasets per job: ``setting`` if a number; else from ``seconds``, the step's expected work:
     as many jobs as hold JOB_SECONDS each (no job's start-up outweighs its work), at most
-    JOBS_PER_STEP or one per MAX_BATCH datasets, whichever is more (heavy steps still fill
-    every core and node). ``seconds`` None: a step reserved before batch sizes were recorded,
-    cut as it was then (~16 jobs of at most 100 datasets), so its batches stay the same."""
+    JOBS_PER_SLOT for each of the run's ``slots`` (heavy steps fill every core or node, and no
+    more jobs than that pay a start-up each) or one per MAX_BATCH datasets, whichever is more.
+    ``seconds`` None: a step reserved before batch sizes were recorded, cut as it was then (~16
+    jobs of at most 100 datasets), so its batches stay the same."""
     if setting != "auto":
         return int(setting)
     if seconds is None:
-        return max(1, min(MAX_BATCH, math.ceil(datasets / JOBS_PER_STEP)))
-    most = max(JOBS_PER_STEP, math.ceil(datasets / MAX_BATCH))
+        return max(1, min(100, math.ceil(datasets / 16)))
+    most = max(JOBS_PER_SLOT * slots, math.ceil(datasets / MAX_BATCH))
     jobs = max(1, min(most, datasets, int(seconds / JOB_SECONDS)))
     return math.ceil(datasets / jobs) if datasets else 1
 
@@ -431,6 +436,7 @@ class Plan:
     dataset_format: str
     batch: int | str = "auto"
     max_datasets: int = DEFAULT_MAX_DATASETS
+    slots: int = SLOTS  # jobs the run runs at once: auto batches fill them (see batch_size)
     steps: dict[str, Step] = field(default_factory=dict)  # by fingerprint, upstream first
     chains: list[ChainPlan] = field(default_factory=list)
     operation_steps: list[Step] = field(default_factory=list)  # a single operation's runs
@@ -590,7 +596,7 @@ class Plan:
         setting = step.operation.batch or self.batch
         if setting != "auto" or found is None:
             seconds = None if setting != "auto" else self._expected_seconds(step)
-            return batch_size(step.size, setting, seconds)
+            return batch_size(step.size, setting, seconds, self.slots)
         return found.get("batch") or batch_size(step.size, setting)
 
     def _expected_seconds(self, step: Step) -> float:
@@ -665,8 +671,9 @@ def input_key(input_fingerprints: list[str]) -> str:
     return "input:" + fingerprint({"datasets": input_fingerprints})
 
 
-def plan_from_config(config: dict[str, Any]) -> Plan:
-    """The plan for a Snakemake config: its chains, or the single ``operation`` it names.
+def plan_from_config(config: dict[str, Any], slots: int = SLOTS) -> Plan:
+    """The plan for a Snakemake config: its chains, or the single ``operation`` it names;
+    ``slots``: the jobs the run runs at once (auto batches are cut to fill them).
 
     Relative paths (storage root, spec files) are relative to the working directory, Snakemake's
     workdir, so the plan and the results' metadata do not change when the project folder moves.
@@ -685,6 +692,7 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
         dataset_format,
         config.get("batch", "auto"),
         config.get("max_datasets", DEFAULT_MAX_DATASETS),
+        slots,
     )
     if config.get("operation"):
         if not config.get("input_path"):

@@ -45,7 +45,11 @@ LocalExecutor.__post_init__ = _use_threads
 try:
     if workflow.is_main_process:
         refused_flags(sys.argv[1:])
-    PLAN = plan_from_config(config)
+    # Jobs at once: --jobs on a cluster, else the cores (a dry run without --cores: 1).
+    PLAN = plan_from_config(
+        config,
+        workflow.resource_settings.nodes or workflow.resource_settings.cores or 1,
+    )
 except OpchainError as error:
     # A user error: one line, no traceback (Snakemake would print one for an exception).
     sys.exit(f"opchain: {error}")
