@@ -61,30 +61,62 @@ def hold(storage: Path, name: str, poll: float = 0.05) -> Iterator[None]:
     """Hold the lock ``name`` (a path-like key, '/' allowed) for the duration of the block,
     waiting for a live owner to finish and breaking a dead owner's lock."""
     lock = storage / LOCKS_DIR / name.replace("/", "%")
-    lock.parent.mkdir(parents=True, exist_ok=True)
     owner = json.dumps({"host": HOST, "pid": os.getpid(), "started": time.time()})
     # One cheap create per dataset; a lock seen empty (its owner is writing it) counts as live
     # until it is old.
-    while not create_new(lock, owner):
+    while not _create(lock, owner):
         stale = _stale_owner(lock)
         if stale is not None:
             _break(lock, stale)
             continue
         time.sleep(poll)
         poll = min(poll * 2, 1.0)
-    done = threading.Event()
-    refresher = threading.Thread(target=_refresh, args=(lock, done), daemon=True)
-    refresher.start()
+    _REFRESHER.add(lock)
     try:
         yield
     finally:
-        done.set()
+        _REFRESHER.discard(lock)
         lock.unlink(missing_ok=True)
 
 
-def _refresh(lock: Path, done: threading.Event) -> None:
-    while not done.wait(REFRESH_SECONDS):
-        try:
-            os.utime(lock)
-        except FileNotFoundError:
-            return
+def _create(lock: Path, owner: str) -> bool:
+    try:
+        return create_new(lock, owner)
+    except FileNotFoundError:  # no lock folder yet
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return create_new(lock, owner)
+
+
+class _Refresher:
+    """One thread per process refreshes every lock the process holds (a job holds one per
+    dataset it computes: a thread each would cost more than the dataset's lock)."""
+
+    def __init__(self) -> None:
+        self._held: set[Path] = set()
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, lock: Path) -> None:
+        with self._mutex:
+            self._held.add(lock)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._refresh, daemon=True)
+                self._thread.start()
+
+    def discard(self, lock: Path) -> None:
+        with self._mutex:
+            self._held.discard(lock)
+
+    def _refresh(self) -> None:
+        while True:
+            time.sleep(REFRESH_SECONDS)
+            with self._mutex:
+                held = list(self._held)
+            for lock in held:
+                with suppress(FileNotFoundError):  # released meanwhile
+                    os.utime(lock)
+
+
+_REFRESHER = _Refresher()
+# A forked worker holds its own locks: a fresh refresher (the parent's mutex may be held).
+os.register_at_fork(after_in_child=_REFRESHER.__init__)
