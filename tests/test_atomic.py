@@ -97,6 +97,25 @@ def test_lock_excludes_other_processes_and_breaks_a_dead_owners(tmp_path: Path) 
     assert not lock.exists()
 
 
+def test_every_held_lock_is_refreshed(tmp_path: Path) -> None:
+    # Another host's lock counts as stale once unrefreshed for STALE_SECONDS: a live owner's
+    # locks must keep being refreshed, however many it holds (a process of its own, so that
+    # its refresher starts with a short period).
+    holder = (
+        "import os, sys, time; from pathlib import Path; from opchain import locks\n"
+        "locks.REFRESH_SECONDS = 0.05; root = Path(sys.argv[1])\n"
+        "folder = root / locks.LOCKS_DIR\n"
+        "with locks.hold(root, 'a'), locks.hold(root, 'b'):\n"
+        "    for name in 'ab': os.utime(folder / name, (0, 0))\n"
+        "    time.sleep(0.5)\n"
+        "    print(max(time.time() - (folder / n).stat().st_mtime for n in 'ab'))\n"
+    )
+    age = subprocess.run([sys.executable, "-c", holder, str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert float(age) < 1
+    assert not list((tmp_path / locks.LOCKS_DIR).iterdir())  # released
+
+
 def test_link_same_links_only_a_file_of_exactly_these_bytes(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.write_bytes(b"dtype: int64\n")
@@ -107,6 +126,13 @@ def test_link_same_links_only_a_file_of_exactly_these_bytes(tmp_path: Path) -> N
         assert not (tmp_path / name).exists()
     assert not link_same(tmp_path / "missing", tmp_path / "none", b"")
     assert not (tmp_path / "none").exists()
+    # Linked before, then replaced by a file of other bytes: not linked again.
+    assert link_same(source, tmp_path / "again", b"dtype: int64\n")
+    source.unlink()
+    source.write_bytes(b"dtype: int32\n")
+    assert not link_same(source, tmp_path / "replaced", b"dtype: int64\n")
+    assert not (tmp_path / "replaced").exists()
+    assert link_same(source, tmp_path / "new", b"dtype: int32\n")
 
 
 def test_a_dataset_is_never_published_over_a_finished_one(tmp_path: Path) -> None:
