@@ -105,17 +105,19 @@ def test_a_batch_writes_what_jobs_of_one_write_and_links_what_it_carries(tmp_pat
         and path.stat().st_ino == (source / path.name).stat().st_ino
     }
     carried = {key.split("/")[1] for key in found[5] if key.startswith("dataset_3/")}
-    assert linked == carried - {"cell,gene#UMIs.data", "created.yaml", "input_metadata.yaml"}
+    assert linked == carried - {"cell,gene#UMIs.data", "input_metadata.yaml"}
 
 
-def test_a_grid_of_1000_settings_plans_as_20_jobs(tmp_path: Path) -> None:
-    project = grid_project(tmp_path / "p", list(range(1000)))
-    dry = project.snakemake("-n")
-    # 2,000 datasets per step of no recorded cost (~100 s of work at 50 ms each): at most 100 a
-    # job; the command lines stay short (the spec is a file).
-    assert job_counts(dry) == {"add": 20, "jitter": 20}
+def test_a_large_grid_plans_two_jobs_per_core_of_at_most_1000_datasets(tmp_path: Path) -> None:
+    project = grid_project(tmp_path / "p", list(range(1500)))
+    # 3,000 datasets per step of no recorded cost (~180 s of work at 60 ms each): two jobs for
+    # each job Snakemake may run at once, no more (each pays a start-up), but at most 1,000
+    # datasets a job; the command lines stay short (the spec is a file).
+    for cores, jobs in (("1", 3), ("2", 4), ("8", 16)):
+        dry = project.snakemake("-n", "--cores", cores)
+        assert job_counts(dry) == {"add": jobs, "jitter": jobs}
     commands = [line for line in dry.stdout.splitlines() if "-m opchain.run" in line]
-    assert len(commands) == 40 and max(map(len, commands)) < 400
+    assert len(commands) == 32 and max(map(len, commands)) < 400
 
 
 def test_an_operation_file_sets_its_own_batch(tmp_path: Path) -> None:
@@ -237,8 +239,15 @@ def test_recorded_costs_keep_a_heavy_grown_grid_on_many_jobs(tmp_path: Path) -> 
     for meta in project.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml"):
         meta.write_text(re.sub(r"wall_seconds: [0-9.]+", "wall_seconds: 3.0", meta.read_text()))
     project.edit(GRID, "type: myops:add\nparameter_ranges: {value: [1, 2, 3, 4, 5, 6, 7, 8]}\n")
-    # 12 jobs of 2 s would hold that work; 16 datasets cut in batches of 2: 8 jobs a step.
-    assert job_counts(project.snakemake("-n")) == {"add": 8, "jitter": 8}
+    # 12 jobs of 2 s would hold that work: with 8 cores (16 jobs at most), 16 datasets cut in
+    # batches of 2, 8 jobs a step; with 2 cores, 4 jobs (two a core).
+    assert job_counts(project.snakemake("-n", "--cores", "8")) == {"add": 8, "jitter": 8}
+    assert job_counts(project.snakemake("-n")) == {"add": 4, "jitter": 4}
+    # Decided once: the run records its batches; a later run with more cores cuts the same ones.
+    project.snakemake()
+    summary = project.snakemake("--summary", "--cores", "8").stdout
+    markers = re.findall(r"\.opchain/jobs/(\w+)/\S+/batch_\d+", summary)
+    assert sorted(markers) == ["add"] * 4 + ["jitter"] * 4
 
 
 def test_editing_an_upstream_step_reruns_everything_below_it(tmp_path: Path) -> None:

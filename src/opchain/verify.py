@@ -66,7 +66,7 @@ INPUTS = "inputs"  # the index's records of input datasets
 _DIGEST_LINE = re.compile(r'  ("(?:[^"\\]|\\.)*"): "([0-9a-f]{64})"')  # as sealed writes it
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path | str) -> str:
     with open(path, "rb") as file:
         return hashlib.file_digest(file, DIGESTS).hexdigest()
 
@@ -74,9 +74,11 @@ def file_digest(path: Path) -> str:
 def files_of(folder: Path) -> list[str]:
     """Every file under ``folder``, as sorted POSIX paths relative to it."""
     found = []
-    for root, _, files in os.walk(folder):
-        relative = Path(root).relative_to(folder)
-        found += [(relative / name).as_posix() for name in files]
+    top = os.fspath(folder)
+    for root, _, files in os.walk(top):
+        relative = os.path.relpath(root, top)
+        prefix = "" if relative == os.curdir else relative.replace(os.sep, "/") + "/"
+        found += [prefix + name for name in files]
     return sorted(found)
 
 
@@ -89,15 +91,16 @@ def digests(
     size and modification time: a batch job links an input's unchanged files into every result
     it writes, and hashes each once (datasets' files are replaced, never changed in place)."""
     memo = {} if linked is None else linked
+    top = os.fspath(folder)
     computed = {
-        name: _linked_digest(folder / name, memo)
+        name: _linked_digest(os.path.join(top, name), memo)
         for name in files_of(folder)
         if name != METADATA and name not in carried
     }
     return dict(sorted({**carried, **computed}.items()))
 
 
-def _linked_digest(path: Path, linked: dict[tuple[int, ...], str]) -> str:
+def _linked_digest(path: str, linked: dict[tuple[int, ...], str]) -> str:
     stat = os.stat(path)
     if stat.st_nlink < 2:  # a file of its own: hashed, not remembered
         return file_digest(path)

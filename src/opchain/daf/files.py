@@ -820,6 +820,13 @@ class FilesWriter(FilesReader, Writer):
         self._cache[("size", axis)] = count if take is None else len(take)
         return True
 
+    def _copy_item_file(self, reader: Reader, name: str) -> bool:
+        if not isinstance(reader, FilesReader):
+            return False
+        self._copy_lines(reader._dir / f"{name}.yaml", None)
+        self._items.add(name)
+        return True
+
     def _copy_strings_file(
         self, reader: Reader, axis: str, prop: str, take: np.ndarray | None
     ) -> bool:

@@ -11,6 +11,7 @@ columns keeps columns x components, not columns^2.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -62,7 +63,7 @@ def carry(data: Any, out: Any, *, rows: str | None = None, take: np.ndarray | No
         for vector in data.data1d_names(axis):
             out.copy_data1d(data, vector, keep)
     for name in data.item_names():
-        out.set_item(name, data.get_item(name))
+        out.copy_item(data, name)
 
 
 def row_blocks(n_rows: int, n_columns: int, budget: int | None = None) -> Iterator[slice]:
@@ -186,10 +187,19 @@ def write_behind(target: np.ndarray, blocks: Iterable[tuple[slice, np.ndarray]])
     """Assign each ``(rows, block)`` to ``target``, writing a block in a helper thread while the
     next one is computed (a write is a system call and numpy arithmetic releases the GIL, so the
     two overlap). At most one write is in flight: a block may reuse the memory of the one before
-    the previous one (see :class:`Buffers`)."""
+    the previous one (see :class:`Buffers`). A single block is written here: nothing to overlap,
+    and a thread costs a small dataset more than its write."""
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        return
+    second = next(blocks, None)
+    if second is None:
+        target[first[0]] = first[1]
+        return
     with ThreadPoolExecutor(1) as writer:
         pending: Future[None] | None = None
-        for rows, block in blocks:
+        for rows, block in itertools.chain((first, second), blocks):
             if pending is not None:
                 pending.result()
             pending = writer.submit(target.__setitem__, rows, block)
