@@ -26,9 +26,15 @@ validate(config, "../schemas/config.schema.yaml")
 
 # Snakemake 9's `--list-changes params` lists every output with recorded params, changed or not: a
 # ParamsChange iterates its files even when it holds no change. List only the changed ones.
-from snakemake.persistence import ParamsChange
+from snakemake.persistence import ParamsChange, PersistenceBase
 
 ParamsChange.__iter__ = lambda change: iter(change.files if change else ())
+# Snakemake compares a finished job's params through pandas (in case one is a DataFrame) whenever
+# pandas is installed: importing it costs every rerun ~0.35 s. opchain's params are strings and
+# numbers, which both ways serialize alike, so the comparison goes without it.
+PersistenceBase._serialize_param = property(
+    lambda persistence: persistence._serialize_param_builtin
+)
 # A `run:` job (the chains' tables and reports: see in_process) runs in Snakemake's own threads,
 # as under any remote executor (SLURM), not in a new `snakemake` process that starts and plans the
 # workflow again (~1 s each): --force-use-threads for local runs. Every other job is a shell command.
