@@ -1,7 +1,8 @@
 """A parameter sweep beside DVC: first run, no-op rerun, grid grown by one point, list every point.
 
 Usage: ``python benchmarks/dvc.py [--sizes 20,200] [--quick] [--rounds 2] [--dir /tmp]
-[--venv ~/.cache/opchain-bench/dvc-venv] [--dvc-spec "dvc==3.67.*"]``
+[--venv ~/.cache/opchain-bench/dvc-venv] [--dvc-spec "dvc==3.67.*"]
+[--opchain-venv ~/.cache/opchain-bench/opchain-venv]``
 
 The work is the built-in ``normalize`` over the shipped cells data (``storage/example_data/cells``:
 one dataset, ``cell,gene#UMIs``), swept over N values of its ``target_sum`` (1000, 2000, ...), so N
@@ -12,7 +13,10 @@ test). Both tools run serially on the same machine in the same run:
   file has ``parameter_ranges: {target_sum: [...]}``, the cells data under the storage root), run
   with ``python -m snakemake -s <repo>/Snakefile -d PROJECT --cores 1 --workflow-profile none``
   (the flags of benchmarks/plan.py), i.e. everything a user's ``snakemake --cores 1`` does: the
-  batch jobs, the chain's tables and its report.
+  batch jobs, the chain's tables and its report. Installed as the README's first command
+  installs it (``pip install -e .``: no SLURM plugin, whose import Snakemake would pay at every
+  start) into a venv of its own (``--opchain-venv``, made once, editable: it runs this
+  checkout; ``--opchain-venv ""``: this interpreter, whatever it has installed).
 - **DVC** (3.67, what a user would pick for stale-only reruns of a sweep), installed by this script
   into its own venv (``--venv``, reused when present; never a project dependency): a ``git init`` +
   ``dvc init`` repository holding the same cells data and a ``dvc.yaml`` with one stage whose
@@ -169,6 +173,22 @@ class Dvc:
 # opchain
 
 
+def opchain_venv(venv: Path) -> str:
+    """The venv's interpreter, with this checkout installed as a user installs it (made once)."""
+    python = venv / "bin" / "python"
+    check = [python, "-c", "import opchain; print(opchain.__file__)"]
+    found = subprocess.run(check, capture_output=True, text=True) if python.exists() else None
+    if found is None or not found.stdout.startswith(str(REPO)):
+        print(f"installing opchain (pip install -e {REPO}) into {venv} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
+        pip = [python, "-m", "pip", "install", "--quiet", "-e", str(REPO)]
+        subprocess.run(pip, check=True)
+    return str(python)
+
+
+PYTHON = sys.executable  # opchain's interpreter (see opchain_venv)
+
+
 class Opchain:
     """An opchain project of the sweep: one chain, one step, parameter_ranges of N values."""
 
@@ -192,13 +212,13 @@ class Opchain:
         )
 
     def snakemake(self, *args: str) -> tuple[float, str]:
-        return snakemake(REPO / "Snakefile", self.root, 1, *args)
+        return snakemake(REPO / "Snakefile", self.root, 1, *args, python=PYTHON)
 
     def run(self) -> tuple[float, str]:
         return self.snakemake()
 
     def results(self) -> tuple[float, str]:
-        return run([sys.executable, "-m", "opchain", "results", "sweep"], self.root)
+        return run([PYTHON, "-m", "opchain", "results", "sweep"], self.root)
 
     def count(self) -> int:
         # The largest step directory: each grid the step had is a directory of its own.
@@ -306,7 +326,7 @@ def one_size(args: argparse.Namespace, dvc: Path, tmp: Path, n: int) -> None:
         best(parts, "limit, 1 point", limit_seconds(tmp / "limit", 1))
         for name, command in (
             ("python -c pass", [sys.executable, "-c", "pass"]),
-            ("snakemake --version", [sys.executable, "-m", "snakemake", "--version"]),
+            ("snakemake --version", [PYTHON, "-m", "snakemake", "--version"]),
             ("dvc --version", [str(dvc), "--version"]),
         ):
             best(parts, name, run(command, tmp)[0])
@@ -346,14 +366,20 @@ def main() -> None:
         "--venv", default=str(Path.home() / ".cache" / "opchain-bench" / "dvc-venv")
     )
     parser.add_argument("--dvc-spec", default="dvc==3.67.*")
+    parser.add_argument(
+        "--opchain-venv", default=str(Path.home() / ".cache" / "opchain-bench" / "opchain-venv")
+    )
     args = parser.parse_args()
+    global PYTHON
+    if args.opchain_venv:
+        PYTHON = opchain_venv(Path(args.opchain_venv))
     sizes = [3] if args.quick else [int(s) for s in args.sizes.split(",")]
     if args.quick:
         args.rounds = 1
     dvc = dvc_venv(Path(args.venv), args.dvc_spec)
     version = subprocess.run([dvc, "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"DVC {version} ({dvc}); opchain {opchain.__version__}; {os.cpu_count()} cores; "
-          f"load average {load()}")  # fmt: skip
+    print(f"DVC {version} ({dvc}); opchain {opchain.__version__} ({PYTHON}); "
+          f"{os.cpu_count()} cores; load average {load()}")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="opchain-dvc-", dir=args.dir))
     try:
         for n in sizes:

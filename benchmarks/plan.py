@@ -217,10 +217,12 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tup
     return elapsed, result.stdout + result.stderr
 
 
-def snakemake(snakefile: Path, project: Path, cores: int, *args: str) -> tuple[float, str]:
+def snakemake(
+    snakefile: Path, project: Path, cores: int, *args: str, python: str = sys.executable
+) -> tuple[float, str]:
     return run(
         [
-            sys.executable,
+            python,
             "-m",
             "snakemake",
             "-s",
