@@ -96,7 +96,7 @@ def operation_figures(table: Any, storage: Path, out: Path) -> None:
     for row in table.drop_duplicates(["step_dir", "dataset"]).to_dict("records"):
         dataset = f"{row['step_dir']}/{row['dataset']}"
         # Most operations draw nothing, and their metadata says so in one line (an empty
-        # mapping, as run.dump_yaml writes it): a sweep's thousand files need no parsing.
+        # mapping, as table.dump_yaml writes it): a sweep's thousand files need no parsing.
         if NO_FIGURES in (storage / dataset / "metadata.yaml").read_text(encoding="utf-8"):
             continue
         figures = (read_metadata(storage, dataset) or {}).get("figures") or {}

@@ -64,6 +64,7 @@ from opchain.index import Index
 from opchain.operations import Context, Operation, get_operation
 from opchain.operations.sources import set_project_folder
 from opchain.reuse import link_files, linked_files, linked_metadata
+from opchain.table import dump_yaml
 
 __all__ = ["main", "run_batch", "versions"]
 
@@ -91,17 +92,6 @@ def versions(snakemake_version: str) -> dict[str, str]:
 
 def now() -> str:
     return datetime.now(UTC).astimezone().isoformat(timespec="milliseconds")
-
-
-_DUMPER = getattr(
-    yaml, "CSafeDumper", yaml.SafeDumper
-)  # libyaml's: a dataset's metadata in ~0.1 ms
-
-
-def dump_yaml(value: Any) -> str:
-    return yaml.dump(
-        value, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, default_flow_style=False
-    )
 
 
 def run_batch(spec: dict[str, Any], code: str | None = None, workers: int = 1) -> list[Path]:
