@@ -124,6 +124,8 @@ def _parse(path: Path) -> YamlDoc:
         mark = getattr(error, "problem_mark", None)
         where = f"{shown(path)}:{mark.line + 1}" if mark else shown(path)
         problem = getattr(error, "problem", None) or str(error)
+        if "nesting depth" in problem:  # PyYAML 6.0.4+ stops deeper nesting than its own limit
+            raise SpecError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
         raise SpecError(f"{where}: malformed YAML: {shown(problem)}") from None
     return YamlDoc(path, builder.data, builder.lines)
 
