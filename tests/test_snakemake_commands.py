@@ -169,13 +169,14 @@ def test_retries_run_a_failed_batch_again(project: Project) -> None:
 
 
 def test_no_line_grows_with_the_sweep(tmp_path: Path) -> None:
-    """10,000 datasets a step: job lines, reasons and inputs stay under 1,000 characters (a job
-    that waits for many batches waits through gather jobs), and --dag draws a node per batch."""
+    """10,000 datasets a step in 100 batches (50 cores: two jobs each): job lines, reasons and
+    inputs stay under 1,000 characters (a job that waits for many batches waits through gather
+    jobs), and --dag draws a node per batch."""
     project = grid_project(tmp_path / "p", list(range(5000)))
-    dry = output(project.snakemake("-n"))
-    assert job_counts(project.snakemake("-n")) == {"add": 100, "jitter": 100}
+    dry = output(project.snakemake("-n", "--cores", "50"))
+    assert job_counts(project.snakemake("-n", "--cores", "50")) == {"add": 100, "jitter": 100}
     assert max(map(len, dry.splitlines())) < 1000
-    dag = dot_nodes(project.snakemake("--dag").stdout)
+    dag = dot_nodes(project.snakemake("--dag", "--cores", "50").stdout)
     assert dag.count("add") == dag.count("jitter") == 100
     assert 0 < dag.count("gather") < 40
 
