@@ -31,10 +31,12 @@ from snakemake.persistence import ParamsChange, PersistenceBase
 ParamsChange.__iter__ = lambda change: iter(change.files if change else ())
 # Snakemake compares a finished job's params through pandas (in case one is a DataFrame) whenever
 # pandas is installed: importing it costs every rerun ~0.35 s. opchain's params are strings and
-# numbers, which both ways serialize alike, so the comparison goes without it.
-PersistenceBase._serialize_param = property(
-    lambda persistence: persistence._serialize_param_builtin
-)
+# numbers, which both ways serialize alike, so the comparison goes without it (where this
+# Snakemake has the two ways).
+if hasattr(PersistenceBase, "_serialize_param_builtin"):
+    PersistenceBase._serialize_param = property(
+        lambda persistence: persistence._serialize_param_builtin
+    )
 # A `run:` job (the chains' tables and reports: see in_process) runs in Snakemake's own threads,
 # as under any remote executor (SLURM), not in a new `snakemake` process that starts and plans the
 # workflow again (~1 s each): --force-use-threads for local runs. Every other job is a shell command.
