@@ -634,22 +634,21 @@ class Writer(Reader):
     def set_item(self, name: str, value: Any) -> None:
         """Set the 0D item ``name``: ``str``, ``int``, ``float``, ``bool``, ``None``, or lists /
         ``str``-keyed dicts of those."""
-        self._check_writable()
-        if self.has_item(name):
-            raise DafError(f"existing item: {name} in the dataset: {self.path}")
-        what = f"the item: {name} in the dataset: {self.path}"
-        self._set_item(name, _normalize_item(value, what))
+        self._set_item(name, self._new_item(name, value))
 
     def copy_item(self, reader: Reader, name: str) -> None:
         """Set the item ``name`` to its value in ``reader``, as ``set_item`` would; between files
         datasets its file is linked as it is (however the other store wrote it)."""
+        value = self._new_item(name, reader.get_item(name))
+        if not self._copy_item_file(reader, name):
+            self._set_item(name, value)
+
+    def _new_item(self, name: str, value: Any) -> Any:
+        """``value`` as the new item ``name`` stores it, checked."""
         self._check_writable()
         if self.has_item(name):
             raise DafError(f"existing item: {name} in the dataset: {self.path}")
-        what = f"the item: {name} in the dataset: {self.path}"
-        value = _normalize_item(reader.get_item(name), what)
-        if not self._copy_item_file(reader, name):
-            self._set_item(name, value)
+        return _normalize_item(value, f"the item: {name} in the dataset: {self.path}")
 
     def _copy_item_file(self, reader: Reader, name: str) -> bool:
         """Link the file of the item ``name`` in ``reader``, if the stores can."""
