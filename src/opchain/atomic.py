@@ -39,6 +39,7 @@ __all__ = [
     "publish_many",
     "remove_leftovers",
     "set_durable",
+    "stamp",
     "tree",
     "write_aside",
     "write_atomic",
@@ -291,27 +292,28 @@ def link_same(source: Path, target: Path, data: bytes) -> bool:
         os.link(source, target)
     except OSError:  # another file system, or no hard links there
         return False
-    if known is not None and _identity(target) == known[0]:
+    if known is not None and stamp(target) == known[0]:
         return True
     if _head(target, len(data)) == data:
-        identity = _identity(target)
-        if identity is not None:
-            _LINKED_SAME[source] = (identity, data)
+        found = stamp(target)
+        if found is not None:
+            _LINKED_SAME[source] = (found, data)
         return True
     target.unlink()
     return False
 
 
-# Per source file: the identity of the file it was and the bytes it held when last linked.
-_LINKED_SAME: dict[Path, tuple[tuple[int, int, int, int], bytes]] = {}
+# Per source file: the stamp of the file it was and the bytes it held when last linked.
+_LINKED_SAME: dict[Path, tuple[list[int], bytes]] = {}
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+def stamp(path: Path) -> list[int] | None:
+    """The file's inode, size and modification time (ns); None if it can't be read."""
     try:
-        stat = os.stat(path)
+        status = os.stat(path)
     except OSError:
         return None
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return [status.st_ino, status.st_size, status.st_mtime_ns]
 
 
 def _head(path: Path, size: int) -> bytes | None:

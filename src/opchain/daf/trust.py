@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from opchain.atomic import stamp
+
 __all__ = ["MIN_AGE_NS", "stamp", "vouch", "vouched"]
 
 ATTRIBUTE = "user.opchain.checked"
@@ -30,15 +32,6 @@ ATTRIBUTE = "user.opchain.checked"
 #: A file is vouched for only when last modified this long before its check (FAT's clock ticks
 #: every 2 s; Linux file systems every few ms).
 MIN_AGE_NS = 2_000_000_000
-
-
-def stamp(path: Path) -> list[int] | None:
-    """The file's inode, size and modification time (ns); None if it can't be read."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return [status.st_ino, status.st_size, status.st_mtime_ns]
 
 
 def _record(path: Path) -> tuple[list[int] | None, dict[str, Any]]:
