@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -688,6 +689,62 @@ def test_bad_parameters_of_new_built_ins_are_refused_at_planning(
     spec.write_text(yaml.safe_dump({"type": name, "parameters": params}))
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         load_operation(spec)
+
+
+def keep_identity_but_change_bytes(path: Path) -> None:
+    """Flip every byte of ``path`` and put its modification time back: the same inode, size and
+    time, other bytes (what bit rot looks like to a stat)."""
+    status = path.stat()
+    path.write_bytes(bytes(255 - b for b in path.read_bytes()))
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+@pytest.mark.parametrize("order", ["rows in order", "rows out of order", "another dtype"])
+def test_a_matrix_written_in_row_order_is_hashed_on_the_way(tmp_path: Path, order: str) -> None:
+    """A matrix written block by block in row order gets the digest of the bytes written, not
+    read back (its file's bytes, changed behind its stat, do not change it); any other order or
+    a dtype to convert from is read back: the digest is the file's either way."""
+    from opchain import verify
+    from opchain.operations.builtin import write_behind
+
+    values = RNG.random((12, 5)).astype(np.float32)
+    pieces = [(slice(i, i + 3), values[i : i + 3]) for i in range(0, 12, 3)]
+    if order == "rows out of order":
+        pieces.reverse()
+    if order == "another dtype":
+        pieces = [(rows, block.astype(np.float64)) for rows, block in pieces]
+    with FilesWriter(tmp_path / "d") as out:
+        out.create_axis("cell", np.array([f"c{i}" for i in range(12)], dtype=object))
+        out.create_axis("gene", np.array([f"g{j}" for j in range(5)], dtype=object))
+        with out.create_dense_in_rows("cell,gene#X", "float32") as target:
+            write_behind(target, pieces)
+    array = tmp_path / "d" / "cell,gene#X.array"
+    assert np.array_equal(np.fromfile(array, np.float32).reshape(12, 5), values)
+    written = verify.file_digest(array)
+    keep_identity_but_change_bytes(array)
+    found = verify.digests(tmp_path / "d", {})["cell,gene#X.array"]
+    assert found == (written if order == "rows in order" else verify.file_digest(array))
+
+
+@pytest.mark.parametrize("kind", ["the user's", "a result"])
+def test_files_linked_from_an_input_take_its_recorded_digests(tmp_path: Path, kind: str) -> None:
+    """A result's file hard-linked from an input has the digest the input recorded when first
+    read, or a result's sealed one (a large input's files are not hashed again for every result
+    that links them)."""
+    from opchain import verify
+
+    storage = tmp_path / "storage"
+    source = dataset(storage / "inputs" / "a")
+    if kind == "a result":
+        sealed = verify.sealed("operation: x\n", verify.digests(source, {}))
+        (source / "metadata.yaml").write_text(sealed)
+    verify.record_input(storage, "inputs/a")
+    recorded = verify.file_digest(source / "cell,gene#X.array")
+    keep_identity_but_change_bytes(source / "cell,gene#X.array")
+    result = tmp_path / "result"
+    result.mkdir()
+    os.link(source / "cell,gene#X.array", result / "cell,gene#X.array")
+    assert verify.digests(result, {}) == {"cell,gene#X.array": recorded}
 
 
 def test_write_behind_never_writes_a_buffer_being_refilled() -> None:

@@ -275,7 +275,7 @@ def _make_dataset(
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         described = inputs_metadata(storage, dataset)
         _write_input_metadata(temporary / INPUT_METADATA, described)
-        files = verify.digests(temporary, {}, _LINKED)
+        files = verify.digests(temporary, {})
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry = index.dataset_entry(dataset["fingerprint"], metadata["output"])
@@ -508,7 +508,6 @@ def _write_input_metadata(path: Path, text: str) -> None:
     _LAST_INPUT_METADATA[text] = path
 
 
-_LINKED: dict[tuple[int, ...], str] = {}  # digests of linked files (verify.digests)
 _LAST_READERS: dict[Path, Reader] = {}  # the readers this process handed out for its last dataset
 
 

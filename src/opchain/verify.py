@@ -3,11 +3,12 @@ bytes they were written (or first read) with.
 
 A result dataset's ``metadata.yaml`` ends with a ``sha256:`` mapping: the digest of every file of
 the dataset, by its path inside it, and of ``metadata.yaml`` itself (of its text before that
-mapping, so every byte of the dataset is covered). The job computes them just after writing the
-files, before it flushes and publishes the dataset: the files are read back from the page cache,
-not from disk (arrays are written through memory maps in any order, so hashing while writing would
-cost more than this second pass over memory). A dataset reused from an earlier grid (hard links)
-carries the digests of the files it links; only its own metadata is hashed anew.
+mapping, so every byte of the dataset is covered). The job computes them before it flushes and
+publishes the dataset: files linked from its input take the digests the input has (its sealed ones,
+or its record), the others are read back from the page cache (hashing blocks in a thread while
+they are written measured slower here: the arithmetic, the writes and the hash then contend for
+two cores). A dataset reused from an earlier grid (hard links) carries the digests of the files it
+links; only its own metadata is hashed anew.
 
 An input dataset (the user's: never written by opchain) is hashed when a job first reads it: its
 files' sizes, modification times and digests go to the index (``.opchain/inputs/``), again only
@@ -21,6 +22,7 @@ recomputes exactly them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -51,6 +53,7 @@ __all__ = [
     "check_result",
     "digests",
     "record_input",
+    "remember",
     "remove_dataset",
     "sealed",
     "split_sealed",
@@ -82,32 +85,51 @@ def files_of(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def digests(
-    folder: Path, carried: dict[str, str], linked: dict[tuple[int, ...], str] | None = None
-) -> dict[str, str]:
+def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
     """The digest of every file under ``folder`` but its metadata.yaml: ``carried`` ones as given
     (hard links of an earlier dataset's files: its digests, whatever became of the bytes), the
-    others hashed now. ``linked`` remembers the digests of files with other links, by inode,
-    size and modification time: a batch job links an input's unchanged files into every result
-    it writes, and hashes each once (datasets' files are replaced, never changed in place)."""
-    memo = {} if linked is None else linked
+    others hashed now (once for a file with other links: see ``_KNOWN``)."""
     top = os.fspath(folder)
     computed = {
-        name: _linked_digest(os.path.join(top, name), memo)
+        name: _digest(os.path.join(top, name))
         for name in files_of(folder)
         if name != METADATA and name not in carried
     }
     return dict(sorted({**carried, **computed}.items()))
 
 
-def _linked_digest(path: str, linked: dict[tuple[int, ...], str]) -> str:
-    stat = os.stat(path)
-    if stat.st_nlink < 2:  # a file of its own: hashed, not remembered
-        return file_digest(path)
-    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key not in linked:
-        linked[key] = file_digest(path)
-    return linked[key]
+# Digests known without reading the file, by its identity (device, inode, size, mtime): an input's
+# files (their digests as the input recorded them), which a job links into every result it writes,
+# and linked files hashed once. Datasets' files are replaced, never changed in place.
+_KNOWN: dict[tuple[int, int, int, int], str] = {}
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int, int]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def remember(path: str, digest: str) -> None:
+    """``digest`` is the digest of the file ``path`` as it is now (computed on the way in)."""
+    _KNOWN[_identity(os.stat(path))] = digest
+
+
+def _digest(path: str) -> str:
+    status = os.stat(path)
+    key = _identity(status)
+    if status.st_nlink < 2:  # a file of its own: met once
+        return _KNOWN.pop(key, None) or file_digest(path)
+    if key not in _KNOWN:
+        _KNOWN[key] = file_digest(path)
+    return _KNOWN[key]
+
+
+def _remember_all(folder: Path, found: dict[str, Any]) -> None:
+    """Remember the digests ``found`` of the files of the input ``folder``, by their names in it
+    (not its metadata.yaml's: a sealed one's covers its text above the digests)."""
+    for name, digest in found.items():
+        if name != METADATA and isinstance(digest, str):
+            with contextlib.suppress(OSError):
+                _KNOWN[_identity(os.stat(os.path.join(folder, name)))] = digest
 
 
 def sealed(text: str, files: dict[str, str]) -> str:
@@ -175,19 +197,24 @@ def _stats(path: Path) -> dict[str, list[int]]:
 @cache  # once per input and process: a batch reads one input with many settings
 def record_input(storage: Path, dataset: str) -> None:
     """Record the digests of the input ``dataset``'s files unless its record is current (same
-    files, sizes and times). A dataset that carries its own digests (a result used as an input)
-    needs none."""
+    files, sizes and times), and remember them (``_KNOWN``) for the results that link its files. A
+    dataset that carries its own digests (a result used as an input) needs no record: its digests
+    are remembered."""
     path = storage / dataset
-    if _BLOCK in _read(path / METADATA):  # a result: sealed already
+    text = _read(path / METADATA)
+    if _BLOCK in text:  # a result: sealed already
+        _remember_all(path, split_sealed(text.decode(errors="replace"))[1] or {})
         return
     stats = _stats(path)
     record = _record_path(storage, dataset)
     old = _read_json(record)
-    if old.get("path") == dataset and {k: v[:2] for k, v in old.get("files", {}).items()} == stats:
-        return
-    files = {name: [*stat, file_digest(path / name)] for name, stat in stats.items()}
-    make_dirs(record.parent)
-    write_atomic(record, json.dumps({"path": dataset, "files": files}, sort_keys=True), clean=False)
+    files = old.get("files", {})
+    if old.get("path") != dataset or {k: v[:2] for k, v in files.items()} != stats:
+        files = {name: [*stat, file_digest(path / name)] for name, stat in stats.items()}
+        make_dirs(record.parent)
+        record_text = json.dumps({"path": dataset, "files": files}, sort_keys=True)
+        write_atomic(record, record_text, clean=False)
+    _remember_all(path, {name: entry[-1] for name, entry in files.items()})
 
 
 def _read(path: Path) -> bytes:

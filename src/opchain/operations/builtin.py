@@ -11,13 +11,16 @@ columns keeps columns x components, not columns^2.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from opchain import verify
 from opchain.daf.mapping import is_sparse
 from opchain.errors import OpchainError
 from opchain.operations import Context, operation
@@ -186,25 +189,63 @@ class Buffers:
 def write_behind(target: np.ndarray, blocks: Iterable[tuple[slice, np.ndarray]]) -> None:
     """Assign each ``(rows, block)`` to ``target``, writing a block in a helper thread while the
     next one is computed (a write is a system call and numpy arithmetic releases the GIL, so the
-    two overlap). At most one write is in flight: a block may reuse the memory of the one before
-    the previous one (see :class:`Buffers`). A single block is written here: nothing to overlap,
-    and a thread costs a small dataset more than its write."""
+    two overlap), and hashing it in another (see :class:`RunningDigest`). At most one write and
+    one hash are in flight: a block may reuse the memory of the one before the previous one (see
+    :class:`Buffers`). A single block is written here: nothing to overlap, and a thread costs a
+    small dataset more than its write."""
+    digest = RunningDigest(target)
     blocks = iter(blocks)
-    first = next(blocks, None)
-    if first is None:
-        return
-    second = next(blocks, None)
-    if second is None:
-        target[first[0]] = first[1]
-        return
-    with ThreadPoolExecutor(1) as writer:
-        pending: Future[None] | None = None
-        for rows, block in itertools.chain((first, second), blocks):
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(target.__setitem__, rows, block)
-        if pending is not None:
-            pending.result()
+    head = list(itertools.islice(blocks, 2))
+    if len(head) < 2:
+        for rows, block in head:
+            target[rows] = block
+            digest.add(rows, block)
+    else:
+        with ThreadPoolExecutor(2) as helpers:
+            pending: list[Future[None]] = []
+            for rows, block in itertools.chain(head, blocks):
+                for done in pending:
+                    done.result()
+                pending = [
+                    helpers.submit(target.__setitem__, rows, block),
+                    helpers.submit(digest.add, rows, block),
+                ]
+            for done in pending:
+                done.result()
+    digest.finish()
+
+
+class RunningDigest:
+    """The digest of the file that ``target`` maps whole, taken from the blocks assigned to it
+    while they come in row order with its dtype (the bytes its file gets), and remembered
+    (:func:`opchain.verify.remember`) when every row came so: the job then need not read the
+    file back to hash it. Anything else (a region of a file, rows out of order) leaves it
+    unknown."""
+
+    def __init__(self, target: Any) -> None:
+        whole_file = isinstance(target, np.memmap) and target.offset == 0 and target.filename
+        self.target = target
+        self.next_row = 0 if whole_file and target.dtype.isnative else -1
+        self.hash = hashlib.new(verify.DIGESTS)
+
+    def add(self, rows: slice, block: np.ndarray) -> None:
+        in_order = (
+            rows.start == self.next_row
+            and block.dtype == self.target.dtype
+            and block.flags.c_contiguous
+            and block.shape == (rows.stop - rows.start, *self.target.shape[1:])
+        )
+        if not in_order:
+            self.next_row = -1
+            return
+        self.hash.update(block)  # hashlib releases the GIL: this runs beside the arithmetic
+        self.next_row = rows.stop
+
+    def finish(self) -> None:
+        if self.next_row < 0 or self.next_row != len(self.target):
+            return
+        if os.path.getsize(self.target.filename) == self.target.nbytes:
+            verify.remember(self.target.filename, self.hash.hexdigest())
 
 
 def map_sparse_values(
