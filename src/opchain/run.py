@@ -276,6 +276,8 @@ def _make_dataset(
         described = inputs_metadata(storage, dataset)
         _write_input_metadata(temporary / INPUT_METADATA, described)
         files = verify.digests(temporary, {})
+        # The dataset's cost counts its checksums too: hashing costs what writing does.
+        metadata.update(finished=now(), cost=meter.stop())
         text = verify.sealed(dump_yaml(metadata), files)
         (temporary / "metadata.yaml").write_text(text, encoding="utf-8")
         entry = index.dataset_entry(dataset["fingerprint"], metadata["output"])
@@ -365,8 +367,6 @@ def _compute(
         "versions": versions(spec["snakemake"]),
         "host": os.uname().nodename,  # = socket.gethostname(), without its import
         "started": started,
-        "finished": now(),
-        "cost": meter.stop(),
     }
     return metadata, writer.linked if isinstance(writer, FilesWriter) else set()
 
