@@ -167,6 +167,28 @@ def test_a_grid_validates_each_value_and_still_names_the_bad_one(tmp_path: Path)
         load_operation(spec)
 
 
+def test_validity_is_recorded_by_content_and_never_passes_a_changed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings found valid are recorded in the working directory (the next run need not
+    validate them again); a file changed to an invalid setting is refused all the same."""
+    from opchain.spec import load_operation
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "op.yaml"
+    spec.write_text("type: kfold\nparameters: {axis: cell, folds: 3, fold: 1}\n")
+    load_operation(spec)
+    record = tmp_path / ".opchain" / "valid"
+    assert len(record.read_text().split()) == 1
+    spec.write_text("type: kfold\nparameters: {axis: cell, folds: 1, fold: 0}\n")
+    with pytest.raises(SpecError, match=r"op.yaml:2: .*1 is less than the minimum of 2"):
+        load_operation(spec)
+    assert len(record.read_text().split()) == 1
+    spec.write_text("type: kfold\nparameters: {axis: cell, folds: 3, fold: 1}\n")
+    load_operation(spec)  # valid again: found in the record
+    assert len(record.read_text().split()) == 1
+
+
 def test_upstream_constraints_give_each_upstream_dataset_the_settings_its_lineage_admits(
     project: Project,
 ) -> None:

@@ -10,17 +10,21 @@ under the storage root), ``runs`` and a list of ``operations``, each an operatio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
+from opchain.atomic import write_atomic
 from opchain.constraints import Constraint, ConstraintError, parse
 from opchain.errors import SpecError
 from opchain.operations import Operation, get_operation
@@ -30,6 +34,7 @@ __all__ = [
     "ChainSpec",
     "OperationSpec",
     "YamlDoc",
+    "check_config",
     "load_chain",
     "load_config",
     "load_operation",
@@ -417,8 +422,13 @@ def load_operation(
     places = _Places(SPELLINGS.get(form, form), source.place(form), overrides_at, set(named))
     default = [{}] if places.form == "parameter_settings" else {}
     settings = _expand(places, source.values.get(form, default), named)
-    valid: set[tuple[Any, ...]] = set()
-    validated = [_validate(places, operation, i, s, valid) for i, s in enumerate(settings)]
+    validated = [{**operation.defaults, **setting} for setting in settings]
+    key = _validity_key(operation.schema, validated)
+    if key not in _valid_before():
+        valid: set[tuple[Any, ...]] = set()
+        for i, setting in enumerate(validated):
+            _validate(places, operation, i, setting, valid)
+        _record_valid(key)
     kept = _constrain(source, operation, validated)
     for i in kept:
         _check(places, operation, i, validated[i])
@@ -556,27 +566,76 @@ def _expand(places: _Places, raw: Any, overrides: dict[str, Any]) -> list[dict[s
 
 
 def _validate(
-    places: _Places, operation: Operation, i: int, setting: dict[str, Any], valid: set[tuple]
-) -> dict[str, Any]:
-    """The setting with its defaults, validated against the operation's schema. ``valid``
-    holds the keys and the scalar values of the settings found valid so far: the schema is an
-    object of ``properties`` (each judging its own value), ``required`` and no other keys, so a
-    setting whose keys and every value were parts of valid ones is valid, and a grid of 10,000
-    points validates each swept value once, not each point (~0.1 ms each)."""
-    full = {**operation.defaults, **setting}
+    places: _Places, operation: Operation, i: int, full: dict[str, Any], valid: set[tuple]
+) -> None:
+    """Validate the setting ``full`` (with its defaults) against the operation's schema.
+    ``valid`` holds the keys and the scalar values of the settings found valid so far: the schema
+    is an object of ``properties`` (each judging its own value), ``required`` and no other keys,
+    so a setting whose keys and every value were parts of valid ones is valid, and a grid of
+    10,000 points validates each swept value once, not each point (~0.1 ms each)."""
     parts = {(None, *sorted(full))} | {
         (key, type(value), value) for key, value in full.items() if _is_scalar(value)
     }
     if len(parts) == len(full) + 1 and parts <= valid:
-        return full
-    error = jsonschema.exceptions.best_match(operation.validator.iter_errors(full))
+        return
+    error = _best_error(operation.validator, full)
     if error is not None:
         path = tuple(error.absolute_path)
         if error.validator == "additionalProperties":  # name the unexpected key, at its line
             path += (next(key for key in error.instance if key not in operation.parameters),)
         raise places.error(i, path, f"{error.message} (operation '{operation.name}')")
     valid |= parts
-    return full
+
+
+def _best_error(validator: Any, document: Any) -> Any:
+    """jsonschema's most relevant error of ``document``, or None where it is valid."""
+    import jsonschema  # only where a document was not found valid before (see VALID_RECORD)
+
+    return jsonschema.exceptions.best_match(validator.iter_errors(document))
+
+
+# What a run found valid (a config, an operation file's settings) is recorded by a digest of the
+# schema and the document in the working directory's .opchain/valid, so that a rerun whose files
+# did not change validates nothing and does not import jsonschema (~0.1 s of every `snakemake`
+# start: a third of opchain's share of a rerun with nothing to do).
+VALID_RECORD = Path(".opchain", "valid")
+VALID_KEPT = 1000  # the latest digests
+
+
+def _validity_key(schema: Any, document: Any) -> str | None:
+    """A digest of ``schema`` and ``document``; None where they are not plain JSON data."""
+    try:
+        text = json.dumps([schema, document], sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _valid_before() -> dict[str, None]:
+    """The digests recorded in the working directory, oldest first."""
+    return _records(os.getcwd())
+
+
+@cache  # read once a process; updated by _record_valid
+def _records(folder: str) -> dict[str, None]:
+    try:
+        return dict.fromkeys(Path(folder, VALID_RECORD).read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_valid(key: str | None) -> None:
+    """Record the digest ``key`` of a document found valid (where the working directory takes
+    it: a record that cannot be written only costs the next run a validation)."""
+    if key is None:
+        return
+    known = _valid_before()
+    known[key] = None
+    try:
+        VALID_RECORD.parent.mkdir(exist_ok=True)
+        write_atomic(VALID_RECORD, "".join(f"{k}\n" for k in list(known)[-VALID_KEPT:]))
+    except OSError:
+        pass
 
 
 def _is_scalar(value: Any) -> bool:
@@ -642,11 +701,40 @@ def load_config(path: Path) -> dict[str, Any]:
     (which Snakemake validates it with), so that ``opchain`` refuses what ``snakemake`` refuses."""
     doc = load_yaml(path)
     config = _mapping(doc, (), {} if doc.data is None else doc.data)
-    validator = jsonschema.Draft202012Validator(load_yaml(CONFIG_SCHEMA).data)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    error = _config_error(config)
     if error is not None:
         raise doc.error(tuple(error.absolute_path), error.message)
     return config
+
+
+def check_config(config: dict[str, Any], files: Iterable[str] = ()) -> None:
+    """Check Snakemake's ``config`` (its config ``files`` merged, with any ``--config``) against
+    the workflow's config schema: a SpecError naming the key, at its line in the last of
+    ``files`` that sets it."""
+    error = _config_error(config)
+    if error is None:
+        return
+    where = tuple(error.absolute_path)
+    for file in reversed(list(files)):
+        doc = load_yaml(Path(file))
+        if isinstance(doc.data, dict) and (not where or where[0] in doc.data):
+            raise doc.error(where, error.message)
+    key = ".".join(map(str, where))
+    raise SpecError(f"config: {key + ': ' if key else ''}{error.message}")
+
+
+def _config_error(config: dict[str, Any]) -> Any:
+    """The most relevant error of ``config`` against the config schema, or None."""
+    schema = load_yaml(CONFIG_SCHEMA).data
+    key = _validity_key(schema, config)
+    if key in _valid_before():
+        return None
+    import jsonschema  # only where this config was not found valid before
+
+    error = _best_error(jsonschema.Draft202012Validator(schema), config)
+    if error is None:
+        _record_valid(key)
+    return error
 
 
 def load_chain(path: Path, operations_dir: Path) -> ChainSpec:

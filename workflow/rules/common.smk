@@ -7,7 +7,6 @@ from pathlib import Path
 
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from opchain.errors import OpchainError
 from opchain.jobs import (
@@ -20,9 +19,8 @@ from opchain.jobs import (
 )
 from opchain.plan import plan_from_config
 from opchain.report import build_report
+from opchain.spec import check_config
 from opchain.table import write_chain_files
-
-validate(config, "../schemas/config.schema.yaml")
 
 # Snakemake 9's `--list-changes params` lists every output with recorded params, changed or not: a
 # ParamsChange iterates its files even when it holds no change. List only the changed ones.
@@ -51,6 +49,9 @@ def _use_threads(executor, post_init=LocalExecutor.__post_init__):
 LocalExecutor.__post_init__ = _use_threads
 
 try:
+    # Against workflow/schemas/config.schema.yaml, as Snakemake's validate() would, but one line
+    # naming the key, and not again for a config found valid before (see opchain.spec).
+    check_config(config, workflow.configfiles)
     if workflow.is_main_process:
         refused_flags(sys.argv[1:])
     # Jobs at once: --jobs on a cluster, else the cores (a dry run without --cores: 1).

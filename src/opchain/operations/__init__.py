@@ -92,16 +92,20 @@ class Operation:
     check_members: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
 
     @cached_property
-    def validator(self) -> Any:  # a jsonschema validator
-        import jsonschema  # planning needs it, jobs do not: keep it out of every job's start-up
-
-        schema = {
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema of a setting: its parameters, the required ones and no other."""
+        return {
             "type": "object",
             "properties": self.parameters,
             "required": list(self.required),
             "additionalProperties": False,
         }
-        return jsonschema.Draft202012Validator(schema)
+
+    @cached_property
+    def validator(self) -> Any:  # a jsonschema validator
+        import jsonschema  # planning needs it, jobs do not: keep it out of every job's start-up
+
+        return jsonschema.Draft202012Validator(self.schema)
 
     @property
     def defaults(self) -> dict[str, Any]:
