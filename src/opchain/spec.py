@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from opchain.atomic import write_atomic
+from opchain.atomic import write_aside
 from opchain.constraints import Constraint, ConstraintError, parse
 from opchain.errors import SpecError
 from opchain.operations import Operation, get_operation
@@ -633,9 +633,13 @@ def _record_valid(key: str | None) -> None:
     known[key] = None
     try:
         VALID_RECORD.parent.mkdir(exist_ok=True)
-        write_atomic(VALID_RECORD, "".join(f"{k}\n" for k in list(known)[-VALID_KEPT:]))
+        aside = write_aside(VALID_RECORD, "".join(f"{k}\n" for k in list(known)[-VALID_KEPT:]))
     except OSError:
-        pass
+        return
+    try:
+        os.replace(aside, VALID_RECORD)  # a cache, not flushed: lost, it costs a validation
+    except OSError:
+        aside.unlink(missing_ok=True)
 
 
 def _is_scalar(value: Any) -> bool:
