@@ -57,12 +57,18 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
         project.edit("config/operations/add_one.yaml", grid)
         project.edit("config/operations/shuffle.yaml", shuffle)
         project.edit("config/chains/basic.yaml", chain)
-    local.snakemake()  # batches of one dataset (the test config's batch: 1)
-    remote.edit(
-        "config/config.yaml", "storage: storage\nbatch: 8\nchains: [config/chains/basic.yaml]\n"
-    )
+    for project, batch in ((local, 3), (remote, 8)):
+        project.edit(
+            "config/config.yaml",
+            f"storage: storage\nbatch: {batch}\nchains: [config/chains/basic.yaml]\n",
+        )
+    local.snakemake()
     env = {**remote.env(), **cluster.env}
-    result = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
+    # Each step's jobs take ~3 s: a first status check after 5 s finds them done (the profile's
+    # 10 s suits a real cluster; later checks wait 10 s longer each).
+    slurm = ("--workflow-profile", str(REPO / "profiles" / "slurm"),
+             "--slurm-init-seconds-before-status-checks", "5")  # fmt: skip
+    result = remote.snakemake(*slurm, env=env)
     output = result.stdout + result.stderr
 
     # The jobs went through SLURM: the plugin logged their ids, and SLURM knows them.
@@ -96,6 +102,6 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
     assert result_files(remote) == result_files(local)
 
     # Nothing left to do afterwards, through SLURM or locally.
-    again = remote.snakemake("--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
+    again = remote.snakemake(*slurm, env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert "Nothing to be done" in remote.snakemake("-n").stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import Project
 from slurm_cluster import ensure_packages
-from test_batches import grid_project
+from test_batches import GRID, grid_project
 from test_chains import job_counts, step_dirs
 
 # The basic project: add(1) -> jitter -> add(10), 2 runs, 2 input datasets, one dataset a batch.
@@ -184,14 +184,19 @@ def test_no_line_grows_with_the_sweep(tmp_path: Path) -> None:
 def test_a_step_deleted_twice_is_recomputed_twice(tmp_path: Path) -> None:
     """Many missing batches are gathered for the run that makes them; the same set missing again
     later is gathered again, not found done."""
-    project = grid_project(tmp_path / "p", list(range(20)), batch=1)
+    values = list(range(12))  # 24 batches of one dataset (jitter after it: auto)
+    project = grid_project(tmp_path / "p", values)
+    project.edit(GRID, f"type: myops:add\nbatch: 1\nparameter_ranges: {{value: {values}}}\n")
     project.snakemake()
     step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
     for _ in range(2):
         shutil.rmtree(step)
-        assert job_counts(project.snakemake("-n"))["add"] == 40
+        planned = project.snakemake("-n")
+        # 24 markers are more than a job's line of inputs: they are gathered.
+        assert job_counts(planned)["add"] == 24
+        assert re.search(r"^gather\s+\d+$", planned.stdout + planned.stderr, re.M)
         project.snakemake()
-        assert len(list(step.glob("dataset_*/metadata.yaml"))) == 40
+        assert len(list(step.glob("dataset_*/metadata.yaml"))) == 24
 
 
 PENDING_TIMERS = """
