@@ -4,11 +4,11 @@ bytes they were written (or first read) with.
 A result dataset's ``metadata.yaml`` ends with a ``sha256:`` mapping: the digest of every file of
 the dataset, by its path inside it, and of ``metadata.yaml`` itself (of its text before that
 mapping, so every byte of the dataset is covered). The job computes them before it flushes and
-publishes the dataset: files linked from its input take the digests the input has (its sealed ones,
-or its record), the others are read back from the page cache (hashing blocks in a thread while
-they are written measured slower here: the arithmetic, the writes and the hash then contend for
-two cores). A dataset reused from an earlier grid (hard links) carries the digests of the files it
-links; only its own metadata is hashed anew.
+publishes the dataset: a matrix a built-in streams out in row order was hashed as it was written
+(:func:`remember`, from ``builtin.RunningDigest``), files linked from its input take the digests
+the input has (its sealed ones, or its record), and the others are read back from the page cache.
+A dataset reused from an earlier grid (hard links) carries the digests of the files it links;
+only its own metadata is hashed anew.
 
 An input dataset (the user's: never written by opchain) is hashed when a job first reads it: its
 files' sizes, modification times and digests go to the index (``.opchain/inputs/``), again only
@@ -98,9 +98,10 @@ def digests(folder: Path, carried: dict[str, str]) -> dict[str, str]:
     return dict(sorted({**carried, **computed}.items()))
 
 
-# Digests known without reading the file, by its identity (device, inode, size, mtime): an input's
-# files (their digests as the input recorded them), which a job links into every result it writes,
-# and linked files hashed once. Datasets' files are replaced, never changed in place.
+# Digests known without reading the file, by its identity (device, inode, size, mtime): a file
+# this process hashed while writing it, an input's files (their digests as the input recorded
+# them), which a job links into every result it writes, and linked files hashed once. Datasets'
+# files are replaced, never changed in place.
 _KNOWN: dict[tuple[int, int, int, int], str] = {}
 
 
@@ -129,7 +130,7 @@ def _remember_all(folder: Path, found: dict[str, Any]) -> None:
     for name, digest in found.items():
         if name != METADATA and isinstance(digest, str):
             with contextlib.suppress(OSError):
-                _KNOWN[_identity(os.stat(os.path.join(folder, name)))] = digest
+                remember(os.path.join(folder, name), digest)
 
 
 def sealed(text: str, files: dict[str, str]) -> str:
