@@ -244,7 +244,7 @@ def sweep_seconds(project: Path, size: int, cores: int) -> tuple[float, int]:
 
 
 def _fsync_each(temporary: Path, final: Path) -> None:
-    for path in atomic._tree(temporary):
+    for path in atomic.tree(temporary):
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)

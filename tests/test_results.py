@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import Project, make_project
 
-from opchain.table import history_versions, name_time
+from opchain.table import ROW_ENTRIES, dump_yaml, history_versions, name_time, read_metadata
 
 JITTER_2 = "type: myops:jitter\nparameters: {scale: 2.0}\n"
 
@@ -54,6 +54,39 @@ def test_results_csv_has_one_row_per_dataset_with_lineage_parameters(ran: Projec
         )
         assert float(row["score.noise_mean"]) == metadata["results"]["noise_mean"]
         assert float(row["seconds"]) >= 0 and row["host"] == metadata["host"]
+
+
+def test_a_row_parses_only_its_entries_and_reads_them_as_the_whole_file_has_them(
+    ran: Project, tmp_path: Path
+) -> None:
+    """A table's rows parse only the top-level entries they need of each metadata.yaml (half of
+    it): each must read exactly as it does in the whole file, whatever YAML it holds."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "metadata.yaml").write_text(
+        dump_yaml(
+            {
+                "operation": "x",
+                "seed": [1, 2],  # a list at the margin: its items are not indented
+                "items": ["a", "b"],
+                "results": {"note": "two\nlines", "long": "word " * 40, "list": [1, [2, 3]]},
+                "components": {"host": "not the host"},
+                "host": "h: with a colon",
+                "cost": None,
+            }
+        )
+    )
+    results = ran.storage.glob("operation_chain_results/*/*/dataset_*/metadata.yaml")
+    places = [
+        (tmp_path, "odd"),
+        *((ran.storage, str(p.parent.relative_to(ran.storage))) for p in results),
+    ]
+    for storage, dataset in places:
+        whole = read_metadata(storage, dataset)
+        assert read_metadata(storage, dataset, keys=ROW_ENTRIES) == {
+            k: v for k, v in whole.items() if k in ROW_ENTRIES
+        }
+    assert len(places) > 10
 
 
 def test_results_csv_and_chain_yaml_change_exactly_when_a_result_does(project: Project) -> None:

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import shutil
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,21 @@ RESULTS_CSV = "results.csv"
 HISTORY_DIR = "history"
 FIXED = ["chain", "run", "seed", "step", "operation", "input", "step_dir", "dataset"]
 TRAILING = ["start", "seconds", "host"]
+# What a row reads of each metadata.yaml of its lineage (the rest is not parsed).
+ROW_ENTRIES = frozenset(
+    {
+        "seed",
+        "operation",
+        "parameters",
+        "combination",
+        "input",
+        "results",
+        "started",
+        "finished",
+        "cost",
+        "host",
+    }
+)
 
 
 def dump_yaml(value: Any) -> str:
@@ -64,29 +80,48 @@ def dump_yaml(value: Any) -> str:
     )
 
 
-def read_metadata(storage: Path, dataset: str, cache: dict[str, Any] | None = None) -> Any:
+def read_metadata(
+    storage: Path,
+    dataset: str,
+    cache: dict[str, Any] | None = None,
+    keys: Collection[str] | None = None,
+) -> Any:
     """The metadata.yaml of the result ``dataset`` (relative to ``storage``) without its digests
     (tables need none, and they are a third of its YAML), None if it is not a result (an input
-    dataset)."""
+    dataset). ``keys``: only these top-level entries are parsed (a table's row needs half)."""
     if cache is not None and dataset in cache:
         return cache[dataset]
     path = storage / dataset / "metadata.yaml"
-    metadata = (
-        yaml.load(without_digests(path.read_text(encoding="utf-8")), LOADER)
-        if path.is_file()
-        else None
-    )
+    metadata = None
+    if path.is_file():
+        text = without_digests(path.read_text(encoding="utf-8"))
+        metadata = yaml.load(text if keys is None else _entries(text, keys), LOADER)
     if cache is not None:
         cache[dataset] = metadata
     return metadata
 
 
-def lineage(storage: Path, dataset: str, cache: dict[str, Any]) -> list[tuple[str, Any]]:
+def _entries(text: str, keys: Collection[str]) -> str:
+    """The top-level entries ``keys`` of block-style YAML as opchain writes it: an entry is its
+    key's line (at the margin) and the lines below it that are indented or list items."""
+    kept, keep = [], False
+    for line in text.splitlines(keepends=True):
+        if line[:1] not in (" ", "-", "\n"):
+            keep = line.partition(":")[0] in keys
+        if keep:
+            kept.append(line)
+    return "".join(kept)
+
+
+def lineage(
+    storage: Path, dataset: str, cache: dict[str, Any], keys: Collection[str] | None = None
+) -> list[tuple[str, Any]]:
     """``[(dataset, metadata), ...]`` from ``dataset`` up to its original input (metadata None),
-    through the first test member (else the first member) of a combination."""
+    through the first test member (else the first member) of a combination; ``keys``: the
+    entries of each metadata that are read (all by default)."""
     hops = []
     while True:
-        metadata = read_metadata(storage, dataset, cache)
+        metadata = read_metadata(storage, dataset, cache, keys)
         hops.append((dataset, metadata))
         if metadata is None:
             return hops
@@ -154,7 +189,7 @@ def chain_rows(storage: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         for number, step in enumerate(run["steps"], start=1):
             for k in range(1, step["datasets"] + 1):
                 dataset = f"{step['dir']}/dataset_{k}"
-                hops = lineage(storage, dataset, cache)
+                hops = lineage(storage, dataset, cache, ROW_ENTRIES)
                 if hops[0][1] is not None:
                     rows.append(_row(manifest["chain"], run["run"], number, dataset, hops))
     return rows
