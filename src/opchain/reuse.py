@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from opchain import verify
-from opchain.table import LOADER
+from opchain.table import LOADER, entries
 
 __all__ = ["OWN_FILES", "link_files", "linked_files", "linked_metadata"]
 
@@ -77,7 +77,7 @@ def linked_metadata(
     that place (its ``output``), the datastore's and figures' URLs move to the new ``output``,
     and the digests are those of the linked files (hashed anew where it has none) and of
     ``input_metadata`` (its input_metadata.yaml, written already)."""
-    blocks = _blocks(body)
+    blocks = entries(body)
     old, new = _value(blocks, "output"), place["output"]
     moved = {
         key: {name: url.replace(f"/{old}/", f"/{new}/", 1) for name, url in urls.items()}
@@ -93,18 +93,6 @@ def linked_metadata(
         files = {name: d for name, d in digests.items() if name not in OWN_FILES}
         files["input_metadata.yaml"] = hashlib.sha256(input_metadata.encode()).hexdigest()
     return verify.sealed("".join(blocks.values()), dict(sorted(files.items())))
-
-
-def _blocks(body: str) -> dict[str, str]:
-    """A block-style YAML mapping's text by top-level key, in order."""
-    blocks: dict[str, str] = {}
-    key = ""
-    for line in body.splitlines(keepends=True):
-        if line[:1] not in (" ", "-", "\n", ""):  # a key at column 0 starts an entry
-            key = line.split(":", 1)[0]
-            blocks[key] = ""
-        blocks[key] += line
-    return blocks
 
 
 _PLAIN = re.compile(r"[\w./-]+")  # a plain scalar that reads back as itself (a path)

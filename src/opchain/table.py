@@ -34,6 +34,7 @@ __all__ = [
     "chain_dirs",
     "chain_rows",
     "dump_yaml",
+    "entries",
     "flatten",
     "formatted",
     "history_versions",
@@ -95,22 +96,25 @@ def read_metadata(
     metadata = None
     if path.is_file():
         text = without_digests(path.read_text(encoding="utf-8"))
-        metadata = yaml.load(text if keys is None else _entries(text, keys), LOADER)
+        if keys is not None:
+            text = "".join(v for k, v in entries(text).items() if k in keys)
+        metadata = yaml.load(text, LOADER)
     if cache is not None:
         cache[dataset] = metadata
     return metadata
 
 
-def _entries(text: str, keys: Collection[str]) -> str:
-    """The top-level entries ``keys`` of block-style YAML as opchain writes it: an entry is its
-    key's line (at the margin) and the lines below it that are indented or list items."""
-    kept, keep = [], False
+def entries(text: str) -> dict[str, str]:
+    """A block-style YAML mapping's text by top-level key, in order (as opchain writes YAML: an
+    entry is its key's line at the margin and the lines below it, indented or list items)."""
+    found: dict[str, str] = {}
+    key = ""
     for line in text.splitlines(keepends=True):
-        if line[:1] not in (" ", "-", "\n"):
-            keep = line.partition(":")[0] in keys
-        if keep:
-            kept.append(line)
-    return "".join(kept)
+        if line[:1] not in (" ", "-", "\n", ""):  # a key at column 0 starts an entry
+            key = line.split(":", 1)[0]
+            found[key] = ""
+        found[key] += line
+    return found
 
 
 def lineage(
