@@ -1,13 +1,18 @@
 """The example chain on a real one-node SLURM cluster on localhost, against a local run.
 
 The cluster (munged, slurmctld, slurmd from Debian's slurm-wlm) is started by the fixture and
-stopped afterwards; jobs go through snakemake-executor-plugin-slurm with profiles/slurm.
+stopped afterwards; jobs go through snakemake-executor-plugin-slurm with profiles/slurm, the
+plugin as the project's ``[slurm]`` extra installs it, in a folder of its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +34,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def slurm_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding what the ``[slurm]`` extra adds to this environment (the executor plugin
+    and what it needs that is missing), for PYTHONPATH. Not a test extra: every ``snakemake``
+    imports each executor plugin installed, and this one imports pandas (~0.5 s a start of the
+    suite's hundreds)."""
+    folder = tmp_path_factory.mktemp("slurm-plugin")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+    wanted = extras["optional-dependencies"]["slurm"]
+    plan = subprocess.run([*pip, "--dry-run", "--report", "-", *wanted],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    missing = [f"{p['metadata']['name']}=={p['metadata']['version']}"
+               for p in json.loads(plan.stdout)["install"]]  # fmt: skip
+    if missing:
+        subprocess.run([*pip, "--no-deps", "--target", str(folder), *missing],
+                       capture_output=True, check=True)  # fmt: skip
+    return folder
+
+
 def result_files(project: Project) -> dict[str, bytes]:
     """Every data file of every result, keyed by (run, step, dataset, file) rather than by the
     timestamped names, which differ between two projects."""
@@ -43,7 +68,7 @@ def result_files(project: Project) -> dict[str, bytes]:
 
 
 def test_chain_runs_through_slurm_byte_identical_to_local(
-    tmp_path: Path, cluster: SlurmCluster
+    tmp_path: Path, cluster: SlurmCluster, slurm_plugin: Path
 ) -> None:
     grid = "type: myops:add\nparameter_ranges: {value: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
     # ... then each run's two datasets of each setting combined both ways (a combination step).
@@ -64,6 +89,7 @@ def test_chain_runs_through_slurm_byte_identical_to_local(
         )
     local.snakemake()
     env = {**remote.env(), **cluster.env}
+    env["PYTHONPATH"] = os.pathsep.join([str(slurm_plugin), env["PYTHONPATH"]])
     # Each step's jobs take ~3 s: a first status check after 5 s finds them done (the profile's
     # 10 s suits a real cluster; later checks wait 10 s longer each).
     slurm = ("--workflow-profile", str(REPO / "profiles" / "slurm"),
