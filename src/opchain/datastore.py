@@ -59,6 +59,7 @@ import yaml
 
 from opchain.atomic import write_atomic
 from opchain.errors import OpchainError
+from opchain.table import LOADER
 
 __all__ = ["DataStore", "DataStoreError", "DataStoreIO", "path_to_url", "url_to_path"]
 
@@ -312,7 +313,7 @@ def _decode_file(path: Path, url: str, *, allow_pickle: bool) -> Any:
         if ext == ".json":
             return json.loads(data)
         if ext in (".yaml", ".yml"):
-            return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            return yaml.load(data, Loader=LOADER)
         return data
     except FileNotFoundError:
         raise DataStoreError(f"cannot read {url}: the file {path} does not exist") from None

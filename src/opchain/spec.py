@@ -29,6 +29,7 @@ from opchain.constraints import Constraint, ConstraintError, parse
 from opchain.errors import SpecError
 from opchain.operations import Operation, get_operation
 from opchain.project import WORKFLOW
+from opchain.table import LOADER
 
 __all__ = [
     "ChainSpec",
@@ -69,11 +70,10 @@ class YamlDoc:
         return SpecError(shown(f"{self.path}:{line}: {key + ': ' if key else ''}{message}"))
 
 
-# libyaml's parser where available (planning parses every operation file of every chain). Only its
-# event stream is used: libyaml's composer recurses in C and crashes on deep nesting, and PyYAML's
-# constructors follow tags to Python objects. ``_Builder`` makes plain data from the events with
-# explicit stacks, so every limit below is checked before anything large or deep is built.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's parser where available (LOADER: planning parses every operation file of every chain).
+# Only its event stream is used: libyaml's composer recurses in C and crashes on deep nesting, and
+# PyYAML's constructors follow tags to Python objects. ``_Builder`` makes plain data from the events
+# with explicit stacks, so every limit below is checked before anything large or deep is built.
 _SCALARS = yaml.SafeLoader("")  # resolves plain scalars' types and constructs them
 MAX_DEPTH = 100  # nested collections; specs need a handful, JSON and YAML writers recurse
 MAX_ALIAS_NODES = 100_000  # nodes that aliases may repeat in all: refuses "billion laughs"
@@ -119,7 +119,7 @@ def _parse(path: Path) -> YamlDoc:
         raise SpecError(f"{shown(path)}: cannot read: {error}") from None
     builder = _Builder(path)
     try:
-        for event in yaml.parse(text, Loader=_LOADER):
+        for event in yaml.parse(text, Loader=LOADER):
             builder.add(event)
     except yaml.reader.ReaderError as error:  # a character YAML does not allow in a file
         line = text.count("\n", 0, error.position) + 1
