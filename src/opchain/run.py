@@ -500,11 +500,13 @@ _LAST_INPUT_METADATA: dict[str, Path] = {}  # the last input_metadata.yaml writt
 
 def _write_input_metadata(path: Path, text: str) -> None:
     """Write ``path``, or link the last one written if it is the same text (one file less to
-    create: a batch's results mostly read one input). The last one may be in a temporary
-    published since: then it is written afresh, once a group of datasets."""
+    create: a batch's results mostly read one input). Linking the same file each time, its
+    text is checked by its inode, size and time (``link_same``), not read. It may be in a
+    temporary published since: then it is written afresh, once a group of datasets."""
     last = _LAST_INPUT_METADATA.get(text)
-    if last is None or not link_same(last, path, text.encode()):
-        path.write_text(text, encoding="utf-8")
+    if last is not None and link_same(last, path, text.encode()):
+        return
+    path.write_text(text, encoding="utf-8")
     _LAST_INPUT_METADATA.clear()
     _LAST_INPUT_METADATA[text] = path
 
