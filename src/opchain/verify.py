@@ -191,8 +191,13 @@ def _record_path(storage: Path, dataset: str) -> Path:
     return storage / INDEX_DIR / INPUTS / hashlib.sha256(dataset.encode()).hexdigest()[:32]
 
 
-def _stats(path: Path) -> dict[str, list[int]]:
-    return {name: [(s := (path / name).stat()).st_size, s.st_mtime_ns] for name in files_of(path)}
+def _stats(path: Path) -> dict[str, os.stat_result]:
+    return {name: (path / name).stat() for name in files_of(path)}
+
+
+def _size_time(status: os.stat_result) -> list[int]:
+    """What an input's record keeps of a file's state: its size and modification time (ns)."""
+    return [status.st_size, status.st_mtime_ns]
 
 
 @cache  # once per input and process: a batch reads one input with many settings
@@ -207,15 +212,17 @@ def record_input(storage: Path, dataset: str) -> None:
         _remember_all(path, split_sealed(text.decode(errors="replace"))[1] or {})
         return
     stats = _stats(path)
+    now = {name: _size_time(status) for name, status in stats.items()}
     record = _record_path(storage, dataset)
     old = _read_json(record)
     files = old.get("files", {})
-    if old.get("path") != dataset or {k: v[:2] for k, v in files.items()} != stats:
-        files = {name: [*stat, file_digest(path / name)] for name, stat in stats.items()}
+    if old.get("path") != dataset or {k: v[:2] for k, v in files.items()} != now:
+        files = {name: [*now[name], file_digest(path / name)] for name in stats}
         make_dirs(record.parent)
         record_text = json.dumps({"path": dataset, "files": files}, sort_keys=True)
         write_atomic(record, record_text, clean=False)
-    _remember_all(path, {name: entry[-1] for name, entry in files.items()})
+    for name, status in stats.items():  # the very states the record was checked against
+        _KNOWN[_identity(status)] = files[name][-1]
 
 
 def _read(path: Path) -> bytes:
@@ -313,7 +320,7 @@ def check_input(storage: Path, dataset: str) -> Check:
     stats = _stats(path)
     unchanged = {}
     for name, (size, mtime, digest) in record["files"].items():
-        if name in stats and stats[name] != [size, mtime]:
+        if name in stats and _size_time(stats[name]) != [size, mtime]:
             check.changes.append(f"{name}: modified")
         else:
             unchanged[name] = digest  # a missing file counts as damage: a lost one looks alike
