@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ class Index:
     # Where the suffix search of each (parent, second) stopped: keeps proposing linear.
     _next_suffix: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def root(self) -> Path:
         return self.storage / INDEX_DIR
 
@@ -87,7 +89,8 @@ class Index:
         suffix = self._next_suffix.get((parent, base), 0)
         while True:
             name = f"{base}_{suffix}" if suffix else base
-            if not (self._claimed(f"{parent}/{name}") or (self.storage / parent / name).exists()):
+            taken = os.path.exists(os.path.join(self.storage, parent, name))
+            if not (taken or self._claimed(f"{parent}/{name}")):
                 break
             suffix += 1
         self._next_suffix[(parent, base)] = suffix + 1
@@ -149,7 +152,8 @@ class Index:
         """Where a grid point was computed, if anywhere. An unreadable entry counts as none: it
         only spares work, so a damaged one costs a recomputation, never an error."""
         try:
-            return json.loads((self.root / "datasets" / fingerprint).read_bytes())["path"]
+            with open(os.path.join(self.root, "datasets", fingerprint), "rb") as entry:
+                return json.loads(entry.read())["path"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -159,7 +163,7 @@ class Index:
         return path
 
     def _claimed(self, relative: str) -> bool:
-        return (self.root / "names" / relative.replace("/", "%")).exists()
+        return os.path.exists(os.path.join(self.root, "names", relative.replace("/", "%")))
 
     def rebuild(self) -> int:
         """Recreate the steps, chains and datasets entries from the results' metadata.yaml and the

@@ -208,6 +208,8 @@ class Step:
     existing: frozenset[str] = frozenset()  # dataset_<k> names found in its directory
     forced: bool = False  # recomputed into a new directory (snakemake --forcerun / --forceall)
     units: list[Unit] | None = None  # a combination step's combinations (None: one per input)
+    # Fingerprints of the datasets planning sampled (each asks its upstream's: computed once).
+    _sampled: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -352,12 +354,19 @@ class Step:
         upstream dataset."""
         if self.upstream is not None:
             _ = self.upstream.dataset_fingerprints  # all of them once, looked up below
-        return [self.dataset_fingerprint(k0) for k0 in range(self.size)]
+        found = [self._sampled.get(k0) or self._dataset_fingerprint(k0) for k0 in range(self.size)]
+        self._sampled.clear()
+        return found
 
     def dataset_fingerprint(self, k0: int) -> str:
         """Dataset ``k0 + 1``'s fingerprint alone (planning samples a few of a large step's)."""
         if "dataset_fingerprints" in self.__dict__:
             return self.dataset_fingerprints[k0]
+        if k0 not in self._sampled:
+            self._sampled[k0] = self._dataset_fingerprint(k0)
+        return self._sampled[k0]
+
+    def _dataset_fingerprint(self, k0: int) -> str:
         u, j = self.pairs[k0]
         setting = self.settings[j]
         if self.units is None:
