@@ -25,13 +25,14 @@ import resource
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 from plan import REPO, job_count, snakemake, write_cells_sweep
 
+from opchain import atomic
 from opchain.reuse import OWN_FILES
+from opchain.table import read_metadata
 
 
 def step_dir(root: Path) -> Path:
@@ -44,8 +45,8 @@ def computed(step: Path) -> tuple[int, float]:
     """Datasets computed (not linked) by the last run, and their own work (``cost``, seconds)."""
     work = [
         meta["cost"]["wall_seconds"]
-        for path in step.glob("dataset_*/metadata.yaml")
-        if "computed_in" not in (meta := yaml.load(path.read_text(), yaml.CSafeLoader))
+        for path in step.glob("dataset_*")
+        if "computed_in" not in (meta := read_metadata(step, path.name))
     ]
     return len(work), sum(work)
 
@@ -81,18 +82,11 @@ def relink_floor(step: Path, into: Path) -> float:
             written.append(aside / name)
         asides.append(aside)
         written.append(aside)
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(fsync, written))
-        for aside in asides:
-            os.rename(aside, into / aside.name[1:].removesuffix(".tmp"))
-        fsync(into)
+    atomic.flush(written)  # fsyncs side by side
+    for aside in asides:
+        os.rename(aside, into / aside.name[1:].removesuffix(".tmp"))
+    atomic.flush([into])
     return time.perf_counter() - started
-
-
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
 
 
 def sweep(points: int, cores: int, tmp: Path) -> None:

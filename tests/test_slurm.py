@@ -41,9 +41,9 @@ def slurm_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     imports each executor plugin installed, and this one imports pandas (~0.5 s a start of the
     suite's hundreds)."""
     folder = tmp_path_factory.mktemp("slurm-plugin")
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["optional-dependencies"]["slurm"]
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
-    wanted = extras["optional-dependencies"]["slurm"]
     plan = subprocess.run([*pip, "--dry-run", "--report", "-", *wanted],
                           capture_output=True, text=True, check=True)  # fmt: skip
     missing = [f"{p['metadata']['name']}=={p['metadata']['version']}"
