@@ -11,9 +11,11 @@ which finds the old results and computes nothing. A deleted dataset makes its ba
 main process removes that batch's marker when it plans, and Snakemake makes it again.
 
 A job's inputs are the markers of the upstream batches it reads (for a combination step's batch,
-those holding the members of its combinations: the fan-in ``--dag`` shows). A job that waits for many batches
-(a chain's tables, a single operation's target) waits for them through ``gather`` jobs of at most
-:data:`LINE_BUDGET` characters of inputs each, so no line Snakemake prints grows with the sweep.
+those holding the members of its combinations: the fan-in ``--dag`` shows). A chain's tables wait
+for the batches no batch of the chain reads, and through them for all. A job that waits for many
+batches (a chain's tables, a single operation's target) waits for them through ``gather`` jobs of
+at most :data:`LINE_BUDGET` characters of inputs each, so no line Snakemake prints grows with the
+sweep.
 
 Each step's spec (where it lives, its settings, inputs, which (input, setting) pairs its upstream
 constraints keep, and the datasets' fingerprints) is written to
@@ -99,8 +101,17 @@ class Jobs:
         return self.bounded(wanted, f"{step.position}/batch_{b}")
 
     def chain_inputs(self, chain: ChainPlan) -> list[str]:
-        """What a chain's tables wait for: every batch of every step of the chain."""
-        return self.bounded(self.markers(chain.steps), f"chains/{chain.spec.name}")
+        """What a chain's tables wait for: the batches of its steps that no batch of it reads
+        (each waits for, and reruns after, those it reads: so the tables wait for every batch)."""
+        read = {
+            self.marker(step.upstream, u)
+            for step in chain.steps
+            if step.upstream is not None
+            for b in range(1, step.batches + 1)
+            for u in step.upstream_batches(b)
+        }
+        last = [m for m in self.markers(chain.steps) if m not in read]
+        return self.bounded(last, f"chains/{chain.spec.name}")
 
     def operation_targets(self) -> list[str]:
         """A single operation's run waits for every batch of it."""
@@ -122,8 +133,18 @@ class Jobs:
     def incomplete_targets(self) -> list[str]:
         """The batches with a dataset missing on disk, as targets of the default rule: Snakemake
         makes a missing intermediate output only for a target or for a job that has to run, and
-        what follows such a batch looks done. (Named by the set, so their gather jobs are new.)"""
-        missing = [self.marker(s, b) for s in self.plan.steps.values() for b in s.incomplete]
+        what follows such a batch looks done. One read by another incomplete batch is made for
+        that one (a first run's targets are the last steps' batches). (Named by the set, so their
+        gather jobs are new.)"""
+        steps = self.plan.steps.values()
+        read = {
+            self.marker(s.upstream, u)
+            for s in steps
+            if s.upstream is not None
+            for b in s.incomplete
+            for u in s.upstream_batches(b)
+        }
+        missing = [m for s in steps for b in s.incomplete if (m := self.marker(s, b)) not in read]
         return self.bounded(missing, f"{INCOMPLETE}/{fingerprint({'markers': missing})[:12]}")
 
     def bounded(self, files: list[str], name: str) -> list[str]:
