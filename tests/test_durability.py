@@ -7,6 +7,8 @@ full disk or a read-only storage root is one line, and leaves nothing partial.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -136,8 +138,8 @@ def test_a_run_flushes_every_dataset_before_its_rename_and_its_directory_after(
                 (project.storage / meta["computed_in"] / "metadata.yaml").read_text()
             )
             own = ("metadata.yaml", "input_metadata.yaml")
-            assert {k: v for k, v in meta["sha256"].items() if k not in own} == {
-                k: v for k, v in source["sha256"].items() if k not in own
+            assert {k: v for k, v in meta["xxh3_128"].items() if k not in own} == {
+                k: v for k, v in source["xxh3_128"].items() if k not in own
             }
     assert project.opchain("verify").returncode == 0
 
@@ -198,7 +200,7 @@ def test_verify_reports_each_damage_and_remove_damaged_recomputes_exactly_those(
     assert report.returncode == 1
     lines = report.stdout.splitlines()
     said = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines[:-1]}
-    digests = r"expected sha256 [0-9a-f]{16}, found sha256 [0-9a-f]{16}"
+    digests = r"expected xxh3_128 [0-9a-f]{16}, found xxh3_128 [0-9a-f]{16}"
     rel = lambda d: d.relative_to(project.storage).as_posix()  # noqa: E731
     assert said.keys() == {f"damaged {rel(d)}" for d in damaged} | {"damaged input inputs/a"}
     assert re.fullmatch(rf"row,col#x\.array: {digests}", said[f"damaged {rel(add_one)}/dataset_1"])
@@ -234,7 +236,7 @@ def test_unverifiable_results_and_edited_inputs_are_not_damage(project: Project)
     project.snakemake()
     dataset = next(project.storage.glob("operation_chain_results/*/*/dataset_1"))
     text = (dataset / "metadata.yaml").read_text()
-    (dataset / "metadata.yaml").write_text(text[: text.rindex("\nsha256:\n") + 1])  # as before
+    (dataset / "metadata.yaml").write_text(text[: text.rindex("\nxxh3_128:\n") + 1])  # as before
     edited = project.storage / "inputs" / "b" / "row,col#x.array"
     edited.write_bytes(edited.read_bytes()[::-1])  # the user's edit: a new modification time
     result = project.opchain("verify", "--all")  # the chains now use steps not computed yet
@@ -245,6 +247,62 @@ def test_unverifiable_results_and_edited_inputs_are_not_damage(project: Project)
     summary = result.stdout.splitlines()[-1]
     assert "10 intact, 0 damaged, 1 unverifiable, 1 changed" in summary
     assert "written before" in summary
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sealed_with_sha256(dataset: Path) -> None:
+    """``dataset``'s metadata.yaml as opchain sealed it before XXH3: with SHA-256 digests."""
+    text = (dataset / "metadata.yaml").read_text()
+    body = text[: text.rindex("\nxxh3_128:\n") + 1]
+    files = sorted(p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file())
+    found = {
+        name: sha256((dataset / name).read_bytes()) for name in files if name != "metadata.yaml"
+    }
+    found["metadata.yaml"] = sha256(body.encode())
+    lines = "".join(f"  {json.dumps(k)}: {json.dumps(v)}\n" for k, v in found.items())
+    (dataset / "metadata.yaml").write_text(f"{body}sha256:\n{lines}")
+
+
+def recorded_with_sha256(record: Path, storage: Path) -> None:
+    """An input's record as opchain wrote it before XXH3: SHA-256 digests, no algorithm named."""
+    old = json.loads(record.read_text())
+    files = {name: [size, time, sha256((storage / old["path"] / name).read_bytes())]
+             for name, (size, time, _) in old["files"].items()}  # fmt: skip
+    record.write_text(json.dumps({"path": old["path"], "files": files}))
+
+
+def test_results_and_inputs_hashed_with_sha256_still_verify_and_their_links_use_xxh3(
+    tmp_path: Path,
+) -> None:
+    project = grid_project(tmp_path / "p", [1])
+    project.snakemake()
+    results = sorted(project.storage.glob("operation_chain_results/*/*/dataset_*"))
+    records = list((project.storage / ".opchain" / "inputs").iterdir())
+    for dataset in results:
+        sealed_with_sha256(dataset)
+    for record in records:
+        recorded_with_sha256(record, project.storage)
+    verified = project.opchain("verify").stdout
+    assert f"{len(results) + len(records)} intact, 0 damaged" in verified
+    flip_byte(results[0] / "__daf__.yaml", 2)
+    damaged = project.opchain("verify", check=False).stdout
+    assert re.search(r"__daf__\.yaml: expected sha256 [0-9a-f]{16}, found sha256 ", damaged)
+    flip_byte(results[0] / "__daf__.yaml", 2)
+    # A grown grid links the old points: their new metadata is sealed with XXH3, all of it.
+    project.edit(
+        "config/operations/grid.yaml", "type: myops:add\nparameter_ranges: {value: [1, 2]}\n"
+    )
+    project.snakemake()
+    metadata = {d: (d / "metadata.yaml").read_text()
+                for d in project.storage.glob("operation_chain_results/*/*/dataset_*")
+                if d not in results}  # fmt: skip
+    assert any("computed_in" in yaml.safe_load(text) for text in metadata.values())
+    assert all("\nxxh3_128:\n" in text for text in metadata.values())
+    assert " 0 damaged" in project.opchain("verify", "--all").stdout
+    assert all(json.loads(r.read_text())["algorithm"] == "xxh3_128" for r in records)
 
 
 @pytest.fixture

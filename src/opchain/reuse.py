@@ -11,7 +11,6 @@ linked files carried from its digest block.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -91,7 +90,7 @@ def linked_metadata(
         files = verify.digests(temporary, {})
     else:
         files = {name: d for name, d in digests.items() if name not in OWN_FILES}
-        files["input_metadata.yaml"] = hashlib.sha256(input_metadata.encode()).hexdigest()
+        files["input_metadata.yaml"] = verify.text_digest(input_metadata)
     return verify.sealed("".join(blocks.values()), dict(sorted(files.items())))
 
 

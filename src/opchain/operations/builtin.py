@@ -11,7 +11,6 @@ columns keeps columns x components, not columns^2.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -226,7 +225,7 @@ class RunningDigest:
         whole_file = isinstance(target, np.memmap) and target.offset == 0 and target.filename
         self.target = target
         self.next_row = 0 if whole_file and target.dtype.isnative else -1
-        self.hash = hashlib.new(verify.DIGESTS)
+        self.hash = verify.new_hash()
 
     def add(self, rows: slice, block: np.ndarray) -> None:
         in_order = (
