@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -458,6 +459,31 @@ def test_copy_between_stores_and_description(tmp_path: Path) -> None:
         "format": "",
     }
     assert yaml.safe_load(yaml.safe_dump(third.description())) == third.description()
+
+
+def test_a_description_does_not_read_the_vectors_it_describes(tmp_path: Path) -> None:
+    """A job describes its input for input_metadata.yaml: a string vector of 10 million entries
+    read to learn its dtype would take a gigabyte of memory."""
+    n = 300_000
+    with FilesWriter(tmp_path / "big") as writer:
+        writer.create_axis("cell", np.array([f"c{i}" for i in range(n)], dtype=object))
+        writer.set_data1d("cell#batch", np.array([f"b{i % 16}" for i in range(n)], dtype=object))
+        writer.set_data1d("cell#age", np.arange(n, dtype=np.int16))
+
+    def peak(work: Callable[[FilesReader], Any]) -> tuple[Any, int]:
+        tracemalloc.start()
+        try:
+            return work(FilesReader(tmp_path / "big")), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    description, described = peak(lambda reader: reader.description())
+    assert description["data1d"] == {
+        "cell#age": {"dtype": "int16", "shape": [n]},
+        "cell#batch": {"dtype": "str", "shape": [n]},
+    }
+    _, read = peak(lambda reader: reader.get_data1d("cell#batch"))
+    assert described * 5 < read
 
 
 # Hypothesis round trips --------------------------------------------------------------------------

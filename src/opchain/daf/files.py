@@ -545,6 +545,11 @@ class FilesReader(Reader):
         shape, dtypes, _ = self._read_sidecar(stem, (axis,), sparse=False)
         return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
 
+    def _data1d_dtype(self, axis: str, prop: str) -> str:
+        if self._vectors[axis][prop] == "csv":
+            return "str"
+        return self._read_sidecar(f"{axis}#{prop}", (axis,), sparse=False)[1]["dtype"].name
+
     def _data1d_chunks(self, axis: str, prop: str) -> Iterator[np.ndarray] | None:
         if self._vectors[axis][prop] != "csv":
             return None

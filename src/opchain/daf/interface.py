@@ -523,8 +523,8 @@ class Reader(ABC):
         data2d: dict[str, Any] = {}
         for axis in axes:
             for name in self.data1d_names(axis):
-                vector = self.get_data1d(name)
-                data1d[name] = {"dtype": _dtype_name(vector), "shape": list(vector.shape)}
+                dtype = self._data1d_dtype(*split_data1d_name(name))
+                data1d[name] = {"dtype": dtype, "shape": [axes[axis]]}
             for columns in axes:
                 for name in self.data2d_names(axis, columns):
                     matrix = self.get_data2d(name)
@@ -572,6 +572,12 @@ class Reader(ABC):
         """The pieces :meth:`data1d_chunks` gives, if the store reads them better than slicing
         the whole vector; ``None`` if not."""
         return None
+
+    def _data1d_dtype(self, axis: str, prop: str) -> str:
+        """The 1D data's dtype name (``str`` for strings), as :meth:`description` gives it: a
+        store that knows it without reading the vector says so (10 million strings take a
+        gigabyte to read)."""
+        return _dtype_name(self.get_data1d(f"{axis}#{prop}"))
 
     @abstractmethod
     def _data2d_names(self, rows: str, columns: str) -> Iterable[str]: ...
