@@ -37,6 +37,8 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent import futures
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import cache
@@ -276,6 +278,8 @@ def _make_dataset(
         step_log.info("done: %s", ", ".join(f"{k}={v}" for k, v in scores.items()) or "-")
         described = inputs_metadata(storage, dataset)
         _write_input_metadata(temporary / INPUT_METADATA, described)
+        for path in dataset_inputs(dataset):  # its digests are those of the files it links
+            _recording(storage, path).result()
         files = verify.digests(temporary, {})
         # The dataset's cost counts its checksums too: hashing costs what writing does.
         metadata.update(finished=now(), cost=meter.stop())
@@ -285,6 +289,7 @@ def _make_dataset(
         written = tree(temporary, linked) if durable() else []
         return _Ready(temporary, output, entry, written)
     except BaseException as error:
+        futures.wait(list(_RECORDINGS.values()))
         shutil.rmtree(temporary, ignore_errors=True)
         if entry is not None:
             entry[0].unlink(missing_ok=True)
@@ -318,7 +323,7 @@ def _compute(
     meter.start()
     data = open_inputs(storage, dataset)
     for path in dataset_inputs(dataset):
-        _record_input(storage, path)
+        _recording(storage, path)
     if spec["format"] == "h5":
         from opchain.daf import H5Writer
 
@@ -530,9 +535,28 @@ def _readers(paths: list[Path]) -> list[Reader]:
     return fresh
 
 
-@cache  # once per input and process: the record is made before the first result is published
-def _record_input(storage: Path, path: str) -> None:
-    verify.record_input(storage, path)
+_RECORDINGS: dict[tuple[Path, str], Future[None]] = {}  # by (storage, input): once a process
+
+
+def _recording(storage: Path, path: str) -> Future[None]:
+    """The input's digests being recorded (:func:`opchain.verify.record_input`) in a thread of
+    its own while the operation computes: reading and hashing release the GIL (the first step
+    on an input of 8 GB reads it all). Its results wait for it before they are hashed, and a
+    failed dataset before it is cleaned up (no half-written record is left behind)."""
+    if (storage, path) in _RECORDINGS:
+        return _RECORDINGS[storage, path]
+    done: Future[None] = _RECORDINGS.setdefault((storage, path), Future())
+
+    def record() -> None:
+        try:
+            verify.record_input(storage, path)
+        except BaseException as error:  # the dataset fails with it, as if recorded in line
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=record, daemon=True).start()
+    return done
 
 
 def dataset_inputs(dataset: dict[str, Any]) -> list[str]:
