@@ -103,15 +103,8 @@ class Jobs:
     def chain_inputs(self, chain: ChainPlan) -> list[str]:
         """What a chain's tables wait for: the batches of its steps that no batch of it reads
         (each waits for, and reruns after, those it reads: so the tables wait for every batch)."""
-        read = {
-            self.marker(step.upstream, u)
-            for step in chain.steps
-            if step.upstream is not None
-            for b in range(1, step.batches + 1)
-            for u in step.upstream_batches(b)
-        }
-        last = [m for m in self.markers(chain.steps) if m not in read]
-        return self.bounded(last, f"chains/{chain.spec.name}")
+        batches = [(s, b) for s in chain.steps for b in range(1, s.batches + 1)]
+        return self.bounded(self.unread(batches), f"chains/{chain.spec.name}")
 
     def operation_targets(self) -> list[str]:
         """A single operation's run waits for every batch of it."""
@@ -136,16 +129,18 @@ class Jobs:
         what follows such a batch looks done. One read by another incomplete batch is made for
         that one (a first run's targets are the last steps' batches). (Named by the set, so their
         gather jobs are new.)"""
-        steps = self.plan.steps.values()
-        read = {
-            self.marker(s.upstream, u)
-            for s in steps
-            if s.upstream is not None
-            for b in s.incomplete
-            for u in s.upstream_batches(b)
-        }
-        missing = [m for s in steps for b in s.incomplete if (m := self.marker(s, b)) not in read]
+        missing = self.unread([(s, b) for s in self.plan.steps.values() for b in s.incomplete])
         return self.bounded(missing, f"{INCOMPLETE}/{fingerprint({'markers': missing})[:12]}")
+
+    def unread(self, batches: list[tuple[Step, int]]) -> list[str]:
+        """The markers of ``batches`` (step, batch number) that no batch of them reads."""
+        read = {
+            self.marker(step.upstream, u)
+            for step, b in batches
+            if step.upstream is not None
+            for u in step.upstream_batches(b)
+        }
+        return [m for step, b in batches if (m := self.marker(step, b)) not in read]
 
     def bounded(self, files: list[str], name: str) -> list[str]:
         """``files``, or gather jobs that wait for them: at most LINE_BUDGET characters each."""

@@ -37,8 +37,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent import futures
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from functools import cache
@@ -289,7 +288,7 @@ def _make_dataset(
         written = tree(temporary, linked) if durable() else []
         return _Ready(temporary, output, entry, written)
     except BaseException as error:
-        futures.wait(list(_RECORDINGS.values()))
+        wait(list(_RECORDINGS.values()))
         shutil.rmtree(temporary, ignore_errors=True)
         if entry is not None:
             entry[0].unlink(missing_ok=True)
@@ -545,7 +544,8 @@ def _recording(storage: Path, path: str) -> Future[None]:
     failed dataset before it is cleaned up (no half-written record is left behind)."""
     if (storage, path) in _RECORDINGS:
         return _RECORDINGS[storage, path]
-    done: Future[None] = _RECORDINGS.setdefault((storage, path), Future())
+    done: Future[None] = Future()
+    _RECORDINGS[storage, path] = done
 
     def record() -> None:
         try:
