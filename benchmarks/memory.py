@@ -1,6 +1,7 @@
 """Data larger than memory: peak anonymous memory and throughput of the streaming built-ins.
 
-Usage: ``python benchmarks/memory.py [--dense-gib 8] [--nnz 1000000000] [--small] [--dir /tmp]``
+Usage: ``python benchmarks/memory.py [--dense-gib 8] [--nnz 1000000000] [--small] [--threads N]
+[--dir /tmp]``
 
 Generates, once, on disk (streamed, so generating needs no more memory than running): a dense
 float32 matrix of ``--dense-gib`` GiB (``cell,gene#X``, 4,096 columns) and a CSR matrix with
@@ -20,12 +21,16 @@ the batches), subsample (half the rows) and aggregate (by batch) of the sparse m
 (randomized, 10 components) then kmeans (8 clusters, 10 iterations of Lloyd's algorithm from
 random rows, one start, as the peer) of the dense one. Targets: < 1 GiB anonymous memory per step
 at any size; every streaming step within 1.5x of its write floor and faster than numpy on files.
-``--small``: 1/64 of the sizes; ``--streaming-only``: the first table only.
+Each job is given ``--threads`` cores (``--set-threads``; default: the machine's), which the
+streaming built-ins spend on their arithmetic, pieces of a block at once; a step's writes (and the
+floor's) go through one writer. ``--small``: 1/64 of the sizes; ``--streaming-only``: the first
+table only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -264,10 +269,11 @@ def row(kind: str, meta: dict, size: int, peers: Any) -> str:
 
 
 def run_chain(
-    root: Path, summary: str, steps: list[tuple[str, str]], floor: Any = None
+    root: Path, summary: str, steps: list[tuple[str, str]], threads: int, floor: Any = None
 ) -> list[dict]:
     """Run the chain of ``steps`` (operation, parameters in YAML flow style) on the summary
-    ``summary`` through snakemake; each step's ``metadata.yaml``. With ``floor``, the chain
+    ``summary`` through snakemake, each job given ``threads`` cores; each step's
+    ``metadata.yaml``. With ``floor``, the chain
     grows a step at a time (the steps before are reused), each step's write floor measured right
     before it (in the same state of the page cache), as ``floor_seconds`` in its metadata."""
     project = Project(root / f"project-{summary}-{steps[0][0]}")
@@ -287,7 +293,10 @@ def run_chain(
             f"input_path: {summary}\noperations: [{names}]\n"
         )
         floors.append(floor(steps[end - 1][0]) if floor is not None else None)
-        project.snakemake("--cores", "1", "--omit-from", "chain_report")
+        cores = [f"{op}={threads}" for op, _ in steps[:end]]
+        project.snakemake(
+            "--cores", str(threads), "--set-threads", *cores, "--omit-from", "chain_report"
+        )
     manifest = yaml.safe_load(
         next(root.glob("storage/operation_chain_results/*/chain.yaml")).read_text()
     )
@@ -309,6 +318,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--streaming-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     if args.small:
         args.dense_gib, args.nnz = args.dense_gib / 64, args.nnz // 64
@@ -333,7 +343,8 @@ def main() -> None:
                 named = [
                     (op, ", ".join(filter(None, [f"matrix: '{matrix}'", p]))) for op, p in chain
                 ]
-                for meta in run_chain(root, kind, named, floor_of(root, kind, matrix)):
+                floor = floor_of(root, kind, matrix)
+                for meta in run_chain(root, kind, named, args.threads, floor):
                     print(row(kind, meta, sizes[kind], peers[kind]), flush=True)
         print(f"targets: < 1024 MiB RssAnon per step at any size; ours / floor <= {FLOOR_TARGET} "
               "(* marks a miss); it / ours < 1")  # fmt: skip
@@ -358,7 +369,7 @@ def main() -> None:
         inputs = {**dict.fromkeys(["filter", "subsample", "aggregate"], sizes["sparse"]),
                   "pca": sizes["dense"], "kmeans": rows * 10 * 4}  # fmt: skip
         for kind, steps in chains:
-            for meta in run_chain(root, kind, steps):
+            for meta in run_chain(root, kind, steps, args.threads):
                 cost, op = meta["cost"], meta["operation"]
                 rate = inputs[op] / 2**20 / cost["wall_seconds"]
                 print(f"| {kind} | {op} | {cost['peak_anon_mb']:.0f} | {cost['wall_seconds']:.1f} | "

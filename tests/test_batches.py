@@ -334,7 +334,25 @@ def test_a_job_computes_as_many_datasets_at_once_as_its_threads(tmp_path: Path) 
     )
     project.snakemake("--set-threads", "slow=4", "--cores", "4")
     step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
-    spans = sorted((m["started"], m["finished"]) for m in map(metadata, step.glob("dataset_*")))
+    metas = list(map(metadata, step.glob("dataset_*")))
+    spans = sorted((m["started"], m["finished"]) for m in metas)
     assert len(spans) == 4
     # Each sleeps a second; computed one after another, each would start after the last ended.
     assert all(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+    assert [m["results"]["threads"] for m in metas] == [1] * 4  # a core each
+
+
+def test_a_job_with_fewer_datasets_than_threads_gives_them_the_rest(tmp_path: Path) -> None:
+    """Threads no other dataset takes go to a dataset's own arithmetic: 4 threads for one
+    dataset are its 4, for two datasets 2 each."""
+    project = make_project(tmp_path / "p")
+    project.edit("config/chains/basic.yaml", "input_path: inputs\noperations: [slow.yaml]\n")
+    for batch, threads, seconds in ((1, 4, "[0, 0.01]"), (2, 2, "[0.02, 0.03]")):  # new points
+        project.edit(
+            "config/operations/slow.yaml",
+            f"type: myops:slow\nbatch: {batch}\nparameter_ranges: {{seconds: {seconds}}}\n",
+        )
+        project.snakemake("--set-threads", "slow=4", "--cores", "4")
+        step = project.storage / project.manifest()["runs"][0]["steps"][0]["dir"]
+        given = [metadata(d)["results"]["threads"] for d in sorted(step.glob("dataset_*"))]
+        assert given == [threads] * 4  # 2 inputs x 2 settings

@@ -34,13 +34,18 @@ def dataset(path: Path, matrix: object = X) -> Path:
 
 
 def apply(
-    name: str, source: Path, params: dict, seed: int | None = None, out: str | None = None
+    name: str,
+    source: Path,
+    params: dict,
+    seed: int | None = None,
+    out: str | None = None,
+    threads: int = 1,
 ) -> tuple[object, Context]:
     """Run a registered operation as a job would (defaults filled in) and reopen its output."""
     op = get_operation(name)
     output = source.parent / (out or f"{name}_{next(OUTPUTS)}")
     writer = FilesWriter(output)
-    ctx = Context(writer, DataStore(), logging.getLogger("test"), seed, op.random)
+    ctx = Context(writer, DataStore(), logging.getLogger("test"), seed, op.random, None, threads)
     op.function(open_reader(source), {**op.defaults, **params}, ctx)
     writer.close()
     return open_reader(output), ctx
@@ -745,6 +750,75 @@ def test_files_linked_from_an_input_take_its_recorded_digests(tmp_path: Path, ki
     result.mkdir()
     os.link(source / "cell,gene#X.array", result / "cell,gene#X.array")
     assert verify.digests(result, {}) == {"cell,gene#X.array": recorded}
+
+
+def test_each_piece_gives_each_thread_a_contiguous_run_of_the_pieces() -> None:
+    import threading
+
+    seen: list[tuple[int, int]] = []
+    together = threading.Barrier(3, timeout=30)  # passed only if three runs are at work at once
+
+    def work(i: int) -> None:
+        if i in (0, 3, 6):  # the first piece of each run
+            together.wait()
+        seen.append((i, threading.get_ident()))
+
+    builtin.each_piece(range(10), work, threads=3)
+    assert sorted(i for i, _ in seen) == list(range(10))  # each piece once
+    runs = [[i for i, t in sorted(seen) if t == thread] for thread in {t for _, t in seen}]
+    assert sorted(runs) == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_a_job_reuses_the_memory_numpy_frees() -> None:
+    """The temporaries of a piece's arithmetic (256 KiB and more) are freed and allocated again
+    piece after piece: in a job (``keep_freed_memory``) they reuse the same pages, where by
+    default each would be fresh pages faulted in again (more work than the arithmetic)."""
+    import subprocess
+    import sys
+
+    def page_faults(keep: bool) -> int:
+        script = (
+            "import resource, numpy as np\n"
+            "from opchain.operations.builtin import PIECE_VALUES, log1p_into\n"
+            "from opchain.run import keep_freed_memory\n"
+            f"if {keep}: keep_freed_memory()\n"
+            "x, into = np.ones(PIECE_VALUES, np.float32), np.empty(PIECE_VALUES, np.float32)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(200): log1p_into(x, into)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        )
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        return int(run.stdout)
+
+    assert page_faults(True) * 10 < page_faults(False)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_streaming_steps_write_the_same_bytes_at_any_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sparse: bool
+) -> None:
+    """A dataset's pieces computed side by side (the job's spare threads) come out byte for byte
+    as computed one after another: pieces are cut by the data, never by the thread count."""
+    monkeypatch.setattr(builtin, "PIECE_VALUES", 4)  # a row or four non-zeros a piece
+    monkeypatch.setattr(builtin, "BLOCK_BYTES", 8 * 60)  # and several blocks
+    matrix = sp.csr_matrix(X) if sparse else X
+    source = dataset(tmp_path / "storage" / "in", matrix)
+    steps = [
+        ("normalize", {"matrix": "cell,gene#X", "target_sum": 10.0}),
+        ("log1p", {"matrix": "cell,gene#X"}),
+        ("standardize", {"matrix": "cell,gene#X", "axis": "gene"}),
+        ("standardize", {"matrix": "cell,gene#X", "axis": "cell"}),
+        ("convert", {"matrix": "cell,gene#X", "dtype": "float64"}),
+        ("pca", {"matrix": "cell,gene#X", "components": 2, "method": "exact"}),
+    ]
+    for k, (name, params) in enumerate(steps):
+        written = {}
+        for threads in (1, 2, 4):
+            out = f"{name}{k}_{threads}"
+            apply(name, source, params, out=out, threads=threads)
+            files = sorted((tmp_path / "storage" / out).glob("cell,*#*.*"))
+            written[threads] = {f.name: f.read_bytes() for f in files}
+        assert written[1] == written[2] == written[4] and written[1], name
 
 
 def test_write_behind_never_writes_a_buffer_being_refilled() -> None:

@@ -51,6 +51,7 @@ class Context:
         seed: int | None,
         random: bool,
         combination: dict[str, Any] | None = None,
+        threads: int = 1,
     ) -> None:
         self.output = output  # a daf Writer for the result dataset
         self.datastore = datastore  # an opchain.datastore.DataStore, saved beside the dataset
@@ -59,6 +60,9 @@ class Context:
         self.random = random
         # A combination operation's: {"name": "a_vs_b", "train": ["a"], "test": ["b"]}.
         self.combination = combination
+        # The cores this dataset's arithmetic may use: the job's threads no other dataset of the
+        # batch is computed with (streaming built-ins cut their blocks into pieces for them).
+        self.threads = threads
         self.results: dict[str, Any] = {}  # scalar scores, kept in metadata.yaml
         # name -> matplotlib Figure (opchain.report.new_figure), saved as PNG beside the datastore
         self.figures: dict[str, Any] = {}

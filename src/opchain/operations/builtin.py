@@ -136,8 +136,9 @@ def nearest(matrix: Any, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return assignment, distance
 
 
-def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations in one streaming pass (float64 accumulators)."""
+def column_moments(matrix: Any, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations in one streaming pass (float64 accumulators); a
+    dense block's pieces are summed ``threads`` at once, their sums added up in row order."""
     n_rows, n_columns = matrix.shape
     total = np.zeros(n_columns)
     squares = np.zeros(n_columns)
@@ -148,10 +149,18 @@ def column_moments(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
             total += np.asarray(block.sum(axis=0)).ravel()
             squares += np.asarray(block.multiply(block).sum(axis=0)).ravel()
             continue
-        for piece in row_blocks(len(block), n_columns, 8 * PIECE_VALUES):  # in cache
-            wide = block[piece].astype(np.float64)
-            total += wide.sum(axis=0)
-            squares += np.square(wide, out=wide).sum(axis=0)
+        pieces = list(row_blocks(len(block), n_columns, 8 * PIECE_VALUES))  # each in cache
+        sums = np.empty((len(pieces), 2, n_columns))
+
+        def add_up(i: int, block=block, pieces=pieces, sums=sums) -> None:
+            wide = block[pieces[i]].astype(np.float64)
+            wide.sum(axis=0, out=sums[i, 0])
+            np.square(wide, out=wide).sum(axis=0, out=sums[i, 1])
+
+        each_piece(range(len(pieces)), add_up, threads)
+        for piece_total, piece_squares in sums:
+            total += piece_total
+            squares += piece_squares
     mean = total / max(n_rows, 1)
     std = np.sqrt(np.maximum(squares / max(n_rows, 1) - np.square(mean), 0.0))
     return mean, std
@@ -183,6 +192,28 @@ class Buffers:
         if self.memory[i % 2].size < size:
             self.memory[i % 2] = np.empty(size, self.dtype)
         return self.memory[i % 2][:size].reshape(shape)
+
+
+def each_piece(pieces: Iterable[Any], work: Callable[[Any], Any], threads: int = 1) -> None:
+    """Call ``work`` on every piece; with several ``threads``, each takes a contiguous run of
+    them at once (numpy's arithmetic releases the GIL). Pieces are cut by the data, never by the
+    thread count, so the results are the same bytes at any count."""
+    pieces = list(pieces)
+    runs = min(threads, len(pieces))
+    bounds = [len(pieces) * i // runs for i in range(runs + 1)] if runs else [0, 0]
+
+    def run(i: int) -> None:
+        for piece in pieces[bounds[i] : bounds[i + 1]]:
+            work(piece)
+
+    if runs < 2:
+        run(0)
+        return
+    with ThreadPoolExecutor(runs - 1) as helpers:
+        others = [helpers.submit(run, i) for i in range(1, runs)]
+        run(0)
+        for done in others:
+            done.result()
 
 
 def write_behind(target: np.ndarray, blocks: Iterable[tuple[slice, np.ndarray]]) -> None:
@@ -248,7 +279,7 @@ class RunningDigest:
 
 
 def map_sparse_values(
-    out: Any,
+    ctx: Context,
     name: str,
     matrix: Any,
     values_of: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
@@ -256,7 +287,7 @@ def map_sparse_values(
 ) -> None:
     """Write ``name``: a CSR matrix with the structure of ``matrix`` (linked or copied, never
     recomputed) whose values ``values_of(values, nonzeros_per_row, into)`` puts into ``into``,
-    for pieces of whole rows of about PIECE_VALUES non-zeros."""
+    for pieces of whole rows of about PIECE_VALUES non-zeros, ``ctx.threads`` pieces at once."""
     indptr = matrix.indptr
     buffers = Buffers(dtype)
 
@@ -266,25 +297,29 @@ def map_sparse_values(
             pointers = np.asarray(indptr[rows.start : rows.stop + 1], np.int64) - low
             values = np.asarray(matrix.data[low:high]).view(np.ndarray)  # no memmap per piece
             into = buffers.take(i, (high - low,))
-            for piece in sparse_row_blocks(pointers, PIECE_VALUES):
+
+            def compute(piece: slice, pointers=pointers, values=values, into=into) -> None:
                 start, stop = int(pointers[piece.start]), int(pointers[piece.stop])
                 counts = np.diff(pointers[piece.start : piece.stop + 1])
                 values_of(values[start:stop], counts, into[start:stop])
+
+            each_piece(sparse_row_blocks(pointers, PIECE_VALUES), compute, ctx.threads)
             yield slice(low, high), into
 
-    with out.create_sparse_values(name, matrix, dtype) as target:
+    with ctx.output.create_sparse_values(name, matrix, dtype) as target:
         write_behind(target, blocks())
 
 
 def map_rows(
-    out: Any,
+    ctx: Context,
     name: str,
     matrix: Any,
     transform: Callable[[np.ndarray, np.ndarray], Any],
     dtype: Any = np.float32,
 ) -> None:
     """Write the dense ``name``: ``transform(rows, into)`` puts into ``into`` the new values of
-    ``rows`` of ``matrix`` (dense or sparse), pieces of whole rows of about PIECE_VALUES values."""
+    ``rows`` of ``matrix`` (dense or sparse), pieces of whole rows of about PIECE_VALUES values,
+    ``ctx.threads`` pieces at once."""
     buffers = Buffers(dtype)
     n_columns = matrix.shape[1]
 
@@ -292,11 +327,14 @@ def map_rows(
         for i, rows in enumerate(row_blocks(*matrix.shape)):
             into = buffers.take(i, (rows.stop - rows.start, n_columns))
             block = dense_rows(matrix, rows).view(np.ndarray)
-            for piece in row_blocks(len(block), n_columns, 8 * PIECE_VALUES):
+
+            def compute(piece: slice, block=block, into=into) -> None:
                 transform(block[piece], into[piece])
+
+            each_piece(row_blocks(len(block), n_columns, 8 * PIECE_VALUES), compute, ctx.threads)
             yield rows, into
 
-    write_rows(out, name, blocks(), dtype)
+    write_rows(ctx.output, name, blocks(), dtype)
 
 
 def write_csr(
@@ -425,9 +463,9 @@ def normalize(data: Any, params: dict[str, Any], ctx: Context) -> None:
         np.multiply(block, factors(block.sum(axis=1, dtype=np.float64, keepdims=True)), out=into)
 
     if is_sparse(matrix):
-        map_sparse_values(ctx.output, name, matrix, scaled_values)
+        map_sparse_values(ctx, name, matrix, scaled_values)
     else:
-        map_rows(ctx.output, name, matrix, scaled_rows)
+        map_rows(ctx, name, matrix, scaled_rows)
 
 
 def log1p_into(values: np.ndarray, *args: Any) -> None:
@@ -457,9 +495,9 @@ def log1p(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if is_sparse(matrix):
-        map_sparse_values(ctx.output, name, matrix, log1p_into)
+        map_sparse_values(ctx, name, matrix, log1p_into)
     else:
-        map_rows(ctx.output, name, matrix, log1p_into)
+        map_rows(ctx, name, matrix, log1p_into)
 
 
 def axis_of_matrix(params: dict[str, Any]) -> tuple[str, str] | None:
@@ -483,7 +521,7 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     carry(data, ctx.output)
     if axis == columns_axis:
-        mean, std = column_moments(matrix)
+        mean, std = column_moments(matrix, ctx.threads)
         std[std == 0] = 1.0
 
         def scaled(block: np.ndarray, into: np.ndarray) -> None:
@@ -497,7 +535,7 @@ def standardize(data: Any, params: dict[str, Any], ctx: Context) -> None:
                 block - block.mean(axis=1, keepdims=True), np.where(std == 0, 1, std), out=into
             )
 
-    map_rows(ctx.output, name, matrix, scaled)
+    map_rows(ctx, name, matrix, scaled)
 
 
 EXACT_PCA_COLUMNS = 4096  # 128 MiB of float64 covariance; past it, the randomized method
@@ -588,7 +626,7 @@ def pca(data: Any, params: dict[str, Any], ctx: Context) -> None:
     matrix = data.get_data2d(name)
     require_columns(name, matrix, k, "components")
     n_rows, n_columns = matrix.shape
-    mean, std = column_moments(matrix)
+    mean, std = column_moments(matrix, ctx.threads)
     method = params["method"]
     if method == "auto":
         method = "exact" if n_columns <= EXACT_PCA_COLUMNS else "randomized"

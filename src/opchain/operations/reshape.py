@@ -175,11 +175,11 @@ def convert(data: Any, params: dict[str, Any], ctx: Context) -> None:
     sparse_in = is_sparse(matrix)
     if layout == "sparse" or (layout == "keep" and sparse_in):
         if sparse_in:
-            map_sparse_values(ctx.output, name, matrix, cast_into, dtype)
+            map_sparse_values(ctx, name, matrix, cast_into, dtype)
         else:
             dense_to_sparse(ctx.output, name, matrix, dtype)
     elif sparse_in or matrix.dtype != dtype:  # cast in reused buffers, not fresh ones per block
-        map_rows(ctx.output, name, matrix, cast_into, dtype)
+        map_rows(ctx, name, matrix, cast_into, dtype)
     else:  # the same bytes: written straight from the input's blocks
         write_rows(
             ctx.output, name, ((b, dense_rows(matrix, b)) for b in row_blocks(*matrix.shape)), dtype

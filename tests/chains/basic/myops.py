@@ -38,6 +38,7 @@ def slow(data, params, ctx):
     copy_axes(data, ctx.output)
     ctx.output.set_data2d("row,col#x", np.asarray(data.get_data2d("row,col#x")))
     time.sleep(float(os.environ.get("SLOW_SECONDS", params["seconds"])))  # a test's kill window
+    ctx.results["threads"] = ctx.threads  # the cores it was given for its own arithmetic
 
 
 @operation("boom", parameters={})
