@@ -199,8 +199,8 @@ def each_piece(pieces: Iterable[Any], work: Callable[[Any], Any], threads: int =
     them at once (numpy's arithmetic releases the GIL). Pieces are cut by the data, never by the
     thread count, so the results are the same bytes at any count."""
     pieces = list(pieces)
-    runs = min(threads, len(pieces))
-    bounds = [len(pieces) * i // runs for i in range(runs + 1)] if runs else [0, 0]
+    runs = max(1, min(threads, len(pieces)))
+    bounds = [len(pieces) * i // runs for i in range(runs + 1)]
 
     def run(i: int) -> None:
         for piece in pieces[bounds[i] : bounds[i + 1]]:
