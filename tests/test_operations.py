@@ -821,6 +821,20 @@ def test_streaming_steps_write_the_same_bytes_at_any_thread_count(
         assert written[1] == written[2] == written[4] and written[1], name
 
 
+def test_column_moments_of_a_wide_block_keep_their_partial_sums_small() -> None:
+    """Summing a block's pieces side by side keeps each run's sums until they are added in order:
+    a few rows' worth, never a row of sums per piece of one row (as large as the block)."""
+    import tracemalloc
+
+    wide = RNG.random((64, 20_000)).astype(np.float32)  # pieces of a few rows: ~22 a block
+    tracemalloc.start()
+    mean, std = builtin.column_moments(wide, threads=2)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(mean, wide.mean(axis=0)) and np.allclose(std, wide.std(axis=0), atol=1e-6)
+    assert peak < wide.nbytes, peak  # 5 MiB of float32; sums per piece alone would be 7 MiB
+
+
 def test_write_behind_never_writes_a_buffer_being_refilled() -> None:
     """Blocks computed into two reused buffers while a slow writer writes the previous one: every
     block lands intact (a write still in flight on a buffer being refilled would mix blocks)."""

@@ -29,6 +29,7 @@ BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB keep memory flat whatever t
 #: The arithmetic of a block goes a piece of about this many values at a time, so that its
 #: temporaries stay in the CPU's cache (a pass over 64 MiB costs several times a pass in cache).
 PIECE_VALUES = 1 << 16
+SUM_PIECES = 8  # pieces whose column sums one thread adds up before they join the total
 
 MATRIX = {
     "type": "string",
@@ -138,7 +139,7 @@ def nearest(matrix: Any, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def column_moments(matrix: Any, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Column means and standard deviations in one streaming pass (float64 accumulators); a
-    dense block's pieces are summed ``threads`` at once, their sums added up in row order."""
+    dense block's pieces are summed ``threads`` runs at once."""
     n_rows, n_columns = matrix.shape
     total = np.zeros(n_columns)
     squares = np.zeros(n_columns)
@@ -150,17 +151,21 @@ def column_moments(matrix: Any, threads: int = 1) -> tuple[np.ndarray, np.ndarra
             squares += np.asarray(block.multiply(block).sum(axis=0)).ravel()
             continue
         pieces = list(row_blocks(len(block), n_columns, 8 * PIECE_VALUES))  # each in cache
-        sums = np.empty((len(pieces), 2, n_columns))
+        # Sums of runs of SUM_PIECES pieces (a thread's unit), added up in row order: the same
+        # bytes at any thread count, and a block's partial sums a fraction of the block.
+        runs = [pieces[at : at + SUM_PIECES] for at in range(0, len(pieces), SUM_PIECES)]
+        sums = np.zeros((len(runs), 2, n_columns))
 
-        def add_up(i: int, block=block, pieces=pieces, sums=sums) -> None:
-            wide = block[pieces[i]].astype(np.float64)
-            wide.sum(axis=0, out=sums[i, 0])
-            np.square(wide, out=wide).sum(axis=0, out=sums[i, 1])
+        def add_up(i: int, block=block, runs=runs, sums=sums) -> None:
+            for piece in runs[i]:
+                wide = block[piece].astype(np.float64)
+                sums[i, 0] += wide.sum(axis=0)
+                sums[i, 1] += np.square(wide, out=wide).sum(axis=0)
 
-        each_piece(range(len(pieces)), add_up, threads)
-        for piece_total, piece_squares in sums:
-            total += piece_total
-            squares += piece_squares
+        each_piece(range(len(runs)), add_up, threads)
+        for run_total, run_squares in sums:
+            total += run_total
+            squares += run_squares
     mean = total / max(n_rows, 1)
     std = np.sqrt(np.maximum(squares / max(n_rows, 1) - np.square(mean), 0.0))
     return mean, std
