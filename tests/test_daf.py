@@ -1261,6 +1261,63 @@ def test_sidecars_are_the_bytes_yaml_safe_dump_writes() -> None:
             assert files_module.sidecar_yaml(content) == yaml.safe_dump(content)
 
 
+def test_a_sidecar_as_written_is_read_without_the_yaml_parser_to_the_same_content() -> None:
+    """Sidecars in the form sidecar_yaml writes are read by a parser of that form alone, to what
+    YAML reads; any other text (flow style, other key order, leading zeros, words YAML reads as
+    something else, digits beyond ASCII) is left to the YAML parser."""
+    for dtype in (*files_module.DTYPES, *files_module.INDEX_DTYPES):
+        for content in (
+            {"dtype": dtype, "shape": [3], "version": [1, 0]},
+            {"data_dtype": dtype, "indices_dtype": "int32", "indptr_dtype": "int64", "nnz": 0,
+             "shape": [5, 2**40], "version": [1, 0]},
+            {"dtype": dtype, "shape": [], "version": [1, 0]},
+        ):  # fmt: skip
+            text = files_module.sidecar_yaml(content)
+            assert files_module.sidecar_content(text) == yaml.safe_load(text) == content
+    for text in (
+        "{dtype: int64, shape: [3], version: [1, 0]}\n",
+        "shape:\n- 3\ndtype: int64\n",
+        "dtype: int64\nshape:\n- 03\n",
+        "dtype: yes\n",
+        "nnz: \u0661\u0662\n",
+        "nnz: \u00b2\n",
+        "dtype:  int64\n",
+        "dtype: int64\ndtype: int64\n",
+        "- 3\n",
+        "dtype: int64",
+    ):
+        assert files_module.sidecar_content(text) is None, text
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "cell#score.array").write_bytes(b"\0" * 8),
+         r"cell#score\.array: truncated data file: 8 bytes, expected 12"),
+        (lambda d: (d / "cell#score.yaml").write_text(
+            "dtype: float32\nshape:\n- 4\nversion:\n- 1\n- 0\n"),
+         r"cell#score\.yaml: shape \[4\] does not match the axes cell with \[3\] entries"),
+        (lambda d: (d / "cell#score.yaml").write_text("{dtype: complex64, shape: [3], version: [1, 0]}"),
+         r"cell#score\.yaml: unknown dtype: complex64"),
+    ],
+)  # fmt: skip
+def test_a_carried_vector_is_checked_as_reading_it_would_be(
+    tmp_path: Path, damage: Callable[[Path], Any], message: str
+) -> None:
+    """A vector of numbers is carried by linking its files, not reading them, but only after the
+    checks reading it makes: a damaged one is the reader's one-line error, and no dataset is
+    left."""
+    with FilesWriter(tmp_path / "source") as writer:
+        writer.create_axis("cell", ["a", "b", "c"])
+        writer.set_data1d("cell#score", np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    damage(tmp_path / "source")
+    reader = FilesReader(tmp_path / "source")
+    with pytest.raises(DafError, match=message), FilesWriter(tmp_path / "copy") as writer:
+        writer.copy_axis(reader, "cell")
+        writer.copy_data1d(reader, "cell#score")
+    assert not (tmp_path / "copy").exists()
+
+
 def test_a_carried_vector_links_its_files_and_an_equal_header_and_items(tmp_path: Path) -> None:
     """Copying a binary vector links its data file and, when it holds exactly the bytes that
     would be written, its sidecar; the header and items too. A file with other bytes (a flow

@@ -702,20 +702,21 @@ class Writer(Reader):
         """Set the 1D data ``name`` to its values in ``reader`` (with ``take``, those at these
         increasing positions, as :meth:`copy_axis` took the axis), as ``set_data1d`` would;
         between files datasets a string vector listing the axis's entries in order is checked
-        and linked, or its lines taken, not read into strings (numbers are mapped either way)."""
+        and linked, or its lines taken, not read into strings, and a whole vector of numbers is
+        checked and linked."""
         self._check_writable()
         axis, prop = split_data1d_name(name)
         if self.has_data1d(name):
             raise DafError(f"existing 1D data: {name} in the dataset: {self.path}")
-        if not self._copy_strings_file(reader, axis, prop, take):
+        if not self._copy_vector_files(reader, axis, prop, take):
             values = reader.get_data1d(name)
             self.set_data1d(name, values if take is None else values[take])
 
-    def _copy_strings_file(
+    def _copy_vector_files(
         self, reader: Reader, axis: str, prop: str, take: np.ndarray | None
     ) -> bool:
-        """Copy the string vector ``axis#prop`` from ``reader`` file to file, if the stores can
-        and it needs no reading; ``False`` if not."""
+        """Copy the vector ``axis#prop`` from ``reader`` file to file, if the stores can and it
+        needs no reading; ``False`` if not."""
         return False
 
     def set_data1d(self, name: str, vector: Any) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "INDEX_DTYPES",
     "RowsMemmap",
     "check_csr",
+    "check_size",
     "frozen",
     "make_csr",
     "map_file",
@@ -96,6 +97,13 @@ def map_region(
 
 def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """Map the whole raw file ``path`` read-only, after checking its size matches ``shape``."""
+    check_size(path, dtype, shape)
+    return map_region(path, dtype, shape)
+
+
+def check_size(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """Raise a :class:`DafError` unless the raw file ``path`` holds ``shape`` values of
+    ``dtype``."""
     expected = prod(shape) * dtype.itemsize
     try:
         found = os.stat(path).st_size
@@ -107,7 +115,6 @@ def map_file(path: str | os.PathLike[str], dtype: np.dtype, shape: tuple[int, ..
             f"{path}: {problem}: {found} bytes, expected {expected} "
             f"(shape {list(shape)} of {dtype.name})"
         )
-    return map_region(path, dtype, shape)
 
 
 def write_array(file: BinaryIO, array: np.ndarray, dtype: np.dtype) -> None:
