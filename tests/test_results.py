@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Project, make_project
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from opchain.table import ROW_ENTRIES, dump_yaml, history_versions, name_time, read_metadata
+
+LIBYAML = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 JITTER_2 = "type: myops:jitter\nparameters: {scale: 2.0}\n"
 
@@ -164,3 +168,44 @@ def test_example_answers_accuracy_by_components_in_one_command(example: Project)
     text = example.opchain("results", "digits", "--summary", "--score", "accuracy").stdout
     header = text.splitlines()[0].split()
     assert "param.pca.components" in header and "param.matrix" not in header  # only what varies
+
+
+# Words YAML reads as something else, indicators, and what a metadata.yaml holds.
+TRICKY_WORDS = [
+    "", "-", "?", ":", "a:", "a:b", "---x", "...", "null", "Null", "~", "yes", "No", "on", "OFF",
+    "true", "y", "1", "1.5", "1e3", "1.0e+3", "0x1F", "0o7", "010", "1_000", "1:20", "-1", "+.5",
+    ".inf", ".NaN", "2026-12-05", "2026-12-05T06:24:37.128+00:00", "<<", "=", "a#b", "a #b", "#a",
+    ",a", "cell,gene#UMIs", "%x", "@x", "!x", "&x", "*x", "|", ">", "it's", "a b", "x" * 200,
+    "/abs/path", "operation_chain_results/2026_12_5/dataset_1", "3.11.7", "0b101", "é",
+    "two\nlines", "word " * 40,
+]  # fmt: skip
+TRICKY_TEXT = st.one_of(
+    st.sampled_from(TRICKY_WORDS),
+    st.text(alphabet="aZ09_-.:/,#?'\"!&*|>%@`[]{}~+=e x\té", max_size=8),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.sampled_from([1e17, 1e-05, -2e300, -0.0, 0.1]),  # repr without a point: 1e+17
+    TRICKY_TEXT,
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(TRICKY_TEXT, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(TRICKY_TEXT, VALUES, min_size=1, max_size=6))
+def test_metadata_yaml_is_the_bytes_libyaml_writes(value: dict) -> None:
+    """A result's metadata.yaml is written without PyYAML's representer where it can be, byte for
+    byte as libyaml's emitter writes it (quoting, floats, empty and nested collections)."""
+    expected = yaml.dump(
+        value, Dumper=LIBYAML, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
+    assert dump_yaml(value) == expected
