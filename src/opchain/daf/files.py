@@ -550,6 +550,13 @@ class FilesReader(Reader):
         shape, dtypes, _ = self._read_sidecar(stem, (axis,), sparse=False)
         return map_file(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
 
+    def _vector(self, stem: str) -> tuple[int, str]:
+        """The size and dtype of the vector of numbers ``stem``, checked as reading it would (its
+        sidecar, its data file's size) without mapping it."""
+        shape, dtypes, _ = self._read_sidecar(stem, (stem.partition("#")[0],), sparse=False)
+        check_size(self._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
+        return shape[0], dtypes["dtype"].name
+
     def _data1d_dtype(self, axis: str, prop: str) -> str:
         if self._vectors[axis][prop] == "csv":
             return "str"
@@ -847,14 +854,12 @@ class FilesWriter(FilesReader, Writer):
         if kind == "csv" and reader._lists(axis, prop):
             self._copy_lines(reader._dir / f"{stem}.csv", take)
         elif kind == "array" and take is None:
-            # Checked as reading it would (its sidecar, the data file's size), not mapped.
-            shape, dtypes, _ = reader._read_sidecar(stem, (axis,), sparse=False)
-            check_size(reader._dir / f"{stem}.array", dtypes["dtype"], tuple(shape))
-            if shape[0] != self.axis_size(axis):
+            size, dtype = reader._cached(("vector files", axis, prop), lambda: reader._vector(stem))
+            if size != self.axis_size(axis):
                 return False  # set_data1d says what is wrong
             if _link_or_copy(reader._dir / f"{stem}.array", self._dir / f"{stem}.array"):
                 self.linked.add(f"{stem}.array")
-            self._write_sidecar(stem, {"dtype": dtypes["dtype"].name, "shape": shape})
+            self._write_sidecar(stem, {"dtype": dtype, "shape": [size]})
         else:
             return False
         self._vectors.setdefault(axis, {})[prop] = kind
