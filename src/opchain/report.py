@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,22 @@ def operation_figures(table: Any, storage: Path, out: Path) -> None:
     """Link (or copy) every figure the chain's operations made into ``<operation>/``."""
     from opchain.table import read_metadata  # not at import: jobs making figures need none
 
+    keys = ["step_dir", "dataset"]
+    results = table.drop_duplicates(keys)
+    # Most operations draw nothing, and their metadata says so in one line (an empty mapping, as
+    # table.dump_yaml writes it): a sweep's thousand files need no parsing, nor its rows more.
+    drawn = [
+        NO_FIGURES not in (storage / f"{step_dir}/{dataset}/metadata.yaml").read_text("utf-8")
+        for step_dir, dataset in zip(results["step_dir"], results["dataset"], strict=True)
+    ]
+    if not any(drawn):
+        return
+    results = results[drawn]
     params_of = {op: swept(rows) for op, rows in table.groupby("operation")}
-    runs = table.groupby(["step_dir", "dataset"])["run"].agg(lambda r: ",".join(map(str, r)))
-    for row in table.drop_duplicates(["step_dir", "dataset"]).to_dict("records"):
+    of_drawn = table.set_index(keys).index.isin(results.set_index(keys).index)
+    runs = table[of_drawn].groupby(keys)["run"].agg(lambda r: ",".join(map(str, r)))
+    for row in results.to_dict("records"):
         dataset = f"{row['step_dir']}/{row['dataset']}"
-        # Most operations draw nothing, and their metadata says so in one line (an empty
-        # mapping, as table.dump_yaml writes it): a sweep's thousand files need no parsing.
-        if NO_FIGURES in (storage / dataset / "metadata.yaml").read_text(encoding="utf-8"):
-            continue
         figures = (read_metadata(storage, dataset) or {}).get("figures") or {}
         for name, url in figures.items():
             shared = runs[row["step_dir"], row["dataset"]]  # a deterministic step serves all runs
@@ -134,12 +143,39 @@ def results_html(table: Any, chain: str) -> str:
             TABLE_STYLE,
             "</head><body>",
             f"<h2>Chain {chain}: scores by step, parameters and input (mean, std, n over runs)</h2>",
-            summary.to_html(index=False, na_rep="", float_format="{:.4g}".format),
+            html_table(summary),
             f"<h2>Every result dataset ({len(table)} rows)</h2>",
-            table.to_html(index=False, na_rep="", float_format="{:.4g}".format),
+            html_table(table),
             "</body></html>",
         ]
     )
+
+
+def html_table(frame: Any) -> str:
+    """``frame`` as an HTML table showing what pandas' ``to_html(index=False, na_rep="",
+    float_format="{:.4g}".format)`` shows, written directly: pandas' writer takes ~0.3 ms a
+    row, seconds for a sweep's table."""
+    columns = [_cells(frame.iloc[:, at]) for at in range(frame.shape[1])]
+    head = "".join(f"<th>{escape(str(name), quote=False)}</th>" for name in frame.columns)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+        for row in zip(*columns, strict=True)
+    )
+    return (
+        '<table border="1" class="dataframe">\n<thead>\n<tr style="text-align: right;">'
+        f"{head}</tr>\n</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    )
+
+
+def _cells(column: Any) -> list[str]:
+    """A column's cells as pandas shows them: numbers to 4 significant digits, NaN blank."""
+    return [escape(_cell(value).strip(), quote=False) for value in column.tolist()]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4g}"
+    return str(value)
 
 
 def build_report(results_csv: Path, storage: Path, table_html: Path, figures: Path) -> None:
