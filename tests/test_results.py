@@ -12,7 +12,14 @@ from conftest import Project, make_project
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from opchain.table import ROW_ENTRIES, dump_yaml, history_versions, name_time, read_metadata
+from opchain.table import (
+    ROW_ENTRIES,
+    dump_yaml,
+    history_versions,
+    load_yaml,
+    name_time,
+    read_metadata,
+)
 
 LIBYAML = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -209,3 +216,32 @@ def test_metadata_yaml_is_the_bytes_libyaml_writes(value: dict) -> None:
         value, Dumper=LIBYAML, sort_keys=False, allow_unicode=True, default_flow_style=False
     )
     assert dump_yaml(value) == expected
+
+
+LINES = st.lists(
+    st.sampled_from(
+        ["a: 1", "a: x", "b: '1'", "c:", "  d: 2", "  e:", "    f: null", "- 1", "  - y", "-", "g: {}",
+         "h: []", "i: 1.0e+17", "j: .nan", "k: 'it''s'", "l: \"q\"", "m: yes", "n: 010", "a: b: c",
+         "o: ~", "p:  q", "'r': 1", "s: 2026-12-05", "", "t: [1, 2]", "u: &x 1", "v: *x"]
+    ),
+    max_size=8,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(
+        st.dictionaries(TRICKY_TEXT, VALUES, max_size=6).map(dump_yaml),
+        LINES.map(lambda lines: "".join(line + "\n" for line in lines)),
+    )
+)
+def test_metadata_yaml_is_read_as_yaml_reads_it(text: str) -> None:
+    """A metadata.yaml is read without libyaml's loader where it is in the form opchain writes,
+    to what YAML reads; any other text reads as YAML reads it, or fails as it fails."""
+    try:
+        expected = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as error:
+        with pytest.raises(type(error)):
+            load_yaml(text)
+        return
+    assert repr(load_yaml(text)) == repr(expected)  # repr: NaN equals NaN

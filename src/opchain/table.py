@@ -40,6 +40,7 @@ __all__ = [
     "formatted",
     "history_versions",
     "informative",
+    "load_yaml",
     "name_time",
     "read_metadata",
     "read_results",
@@ -152,6 +153,78 @@ def _plain(text: str) -> bool:
     )
 
 
+def load_yaml(text: str) -> Any:
+    """The YAML ``text``; read without libyaml's loader (~0.3 ms for a result's metadata, more
+    than the rest of its table row) when it is as :func:`dump_yaml` writes a mapping of words,
+    numbers and their mappings and lists: what is read so is written back to ``text`` exactly,
+    so it is what YAML reads."""
+    try:
+        value, end = _load_mapping(text.split("\n"), 0, "")
+    except (_NotBlock, ValueError, KeyError):
+        value, end = None, -1
+    if end == text.count("\n") and value and dump_yaml(value) == text:
+        return value
+    return yaml.load(text, LOADER)
+
+
+class _NotBlock(Exception):
+    """The text is not in the form :func:`load_yaml` reads."""
+
+
+def _load_mapping(lines: list[str], at: int, indent: str) -> tuple[dict[str, Any], int]:
+    """The mapping whose keys are at ``indent`` from line ``at`` on, and the line after it."""
+    mapping: dict[str, Any] = {}
+    while at < len(lines) and lines[at][len(indent) : len(indent) + 1] not in ("", " ", "-"):
+        if not lines[at].startswith(indent):
+            break
+        key, colon, rest = lines[at][len(indent) :].partition(":")
+        if not colon:
+            raise _NotBlock
+        name, at = _load_scalar(key), at + 1
+        if rest.startswith(" "):
+            mapping[name] = _load_scalar(rest[1:])
+        elif rest or at == len(lines):
+            raise _NotBlock
+        elif lines[at].startswith(indent + "- "):
+            mapping[name], at = _load_list(lines, at, indent)
+        else:
+            mapping[name], at = _load_mapping(lines, at, indent + "  ")
+    return mapping, at
+
+
+def _load_list(lines: list[str], at: int, indent: str) -> tuple[list[Any], int]:
+    items = []
+    while at < len(lines) and lines[at].startswith(indent + "- "):
+        items.append(_load_scalar(lines[at][len(indent) + 2 :]))
+        at += 1
+    return items, at
+
+
+_FLOAT_WORDS = {".inf": float("inf"), "-.inf": float("-inf"), ".nan": float("nan")}
+
+
+def _load_scalar(text: str) -> Any:
+    if text in ("{}", "[]"):
+        return {} if text == "{}" else []
+    return _load_word(text)
+
+
+@functools.lru_cache(maxsize=4096)  # keys and most values recur from result to result
+def _load_word(text: str) -> Any:
+    if text.startswith("'") and text.endswith("'") and len(text) > 1:
+        return text[1:-1].replace("''", "'")
+    tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)).rpartition(":")[2]
+    if tag == "str" and text[:1] not in ("'", '"'):
+        return text
+    if tag == "int":
+        return int(text)
+    if tag == "float":
+        return _FLOAT_WORDS[text] if text in _FLOAT_WORDS else float(text)
+    if tag in ("bool", "null"):
+        return {"true": True, "false": False, "null": None}[text]
+    raise _NotBlock
+
+
 def _float(value: float) -> str:
     """SafeRepresenter's text of a float."""
     if value != value:
@@ -179,7 +252,7 @@ def read_metadata(
         text = without_digests(path.read_text(encoding="utf-8"))
         if keys is not None:
             text = "".join(v for k, v in entries(text).items() if k in keys)
-        metadata = yaml.load(text, LOADER)
+        metadata = load_yaml(text)
     if cache is not None:
         cache[dataset] = metadata
     return metadata
