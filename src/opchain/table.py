@@ -106,15 +106,31 @@ def _block(mapping: dict[Any, Any], indent: str, lines: list[str]) -> bool:
             if not _block(value, indent + "  ", lines):
                 return False
         elif isinstance(value, list) and value:
-            items = [_scalar(item) for item in value]
-            if None in items:
+            lines.append(f"{indent}{name}:\n")
+            if not _items(value, indent, lines):
                 return False
-            lines.append(f"{indent}{name}:\n" + "".join(f"{indent}- {item}\n" for item in items))
         else:
             text = "{}" if value == {} else "[]" if value == [] else _scalar(value)
             if text is None:
                 return False
             lines.append(f"{indent}{name}: {text}\n")
+    return True
+
+
+def _items(items: list[Any], indent: str, lines: list[str]) -> bool:
+    """Append the lines of a list's ``items`` at ``indent`` (a mapping's keys at the margin of
+    its dash); False as :func:`_block`."""
+    for item in items:
+        if isinstance(item, dict) and item:
+            first = len(lines)
+            if not _block(item, indent + "  ", lines):
+                return False
+            lines[first] = f"{indent}- {lines[first][len(indent) + 2 :]}"
+            continue
+        text = "{}" if item == {} else "[]" if item == [] else _scalar(item)
+        if text is None:
+            return False
+        lines.append(f"{indent}- {text}\n")
     return True
 
 
