@@ -21,6 +21,9 @@ import yaml
 from conftest import REPO, Project, make_project
 from test_chains import job_count, job_counts, x_of
 
+from opchain.table import dump_yaml
+from opchain.verify import without_digests
+
 GRID = "config/operations/grid.yaml"
 
 
@@ -222,6 +225,9 @@ def test_growing_a_grid_by_one_computes_only_it_and_links_the_rest(tmp_path: Pat
         assert linked["output"] == jitter.relative_to(project.storage).as_posix() + (
             f"/dataset_{i * 21 + j + 1}"
         )
+        # Written in the form of a computed result's, which tables read without libyaml.
+        text = without_digests((jitter / f"dataset_{i * 21 + j + 1}/metadata.yaml").read_text())
+        assert dump_yaml(yaml.safe_load(text)) == text
     verified = project.opchain("verify").stdout
     assert " intact, 0 damaged" in verified and "unverifiable" not in verified
     assert nothing_to_do(project)

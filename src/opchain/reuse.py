@@ -1,27 +1,22 @@
 """A grid point computed before, placed in a new step directory: hard links of its files and a
 metadata.yaml for its new place, cheap enough that a grown grid costs what its new points cost.
 
-The metadata is made from the earlier dataset's text, not by a YAML round trip (parsing a
-result's metadata.yaml costs ~1 ms even with libyaml, more than the rest of a link): its top-level
-keys are blocks of lines (a block-style dump starts each at column 0), the few that name the new
-place are rewritten as JSON (valid YAML), the others kept byte for byte, and the digests of the
-linked files carried from its digest block.
+The metadata is made from the earlier dataset's text, not by a YAML round trip of all of it (more
+than the rest of a link costs): its top-level keys are blocks of lines (a block-style dump starts
+each at column 0), the few that name the new place are written anew as a computed result's are,
+the others kept byte for byte, and the digests of the linked files carried from its digest block.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opchain import verify
-from opchain.table import LOADER, entries
+from opchain.table import dump_yaml, entries, load_yaml
 
 __all__ = ["OWN_FILES", "link_files", "linked_files", "linked_metadata"]
 
@@ -85,7 +80,7 @@ def linked_metadata(
     }
     computed_in = _value(blocks, "computed_in") or old  # a link of a link: the first place
     for key, value in {**place, "computed_in": computed_in, **moved}.items():
-        blocks[key] = f"{key}: {json.dumps(value, ensure_ascii=False)}\n"
+        blocks[key] = dump_yaml({key: value})
     if digests is None:  # written before results carried digests
         files = verify.digests(temporary, {})
     else:
@@ -94,18 +89,8 @@ def linked_metadata(
     return verify.sealed("".join(blocks.values()), dict(sorted(files.items())))
 
 
-_PLAIN = re.compile(r"[\w./-]+")  # a plain scalar that reads back as itself (a path)
-
-
 def _value(blocks: dict[str, str], key: str) -> Any:
-    """One top-level entry's value, parsed alone (``{}`` and absent: None); a path that needs no
-    quoting, or one in JSON's quotes, without the YAML parser."""
+    """One top-level entry's value, parsed alone (``{}`` and absent: None)."""
     block = blocks.get(key)
-    if block is None or block == f"{key}: {{}}\n":
-        return None
-    value = block.removeprefix(f"{key}: ").rstrip("\n")
-    if "\n" not in value and _PLAIN.fullmatch(value):
-        return value
-    if "\n" not in value and value.startswith('"'):  # as this module writes it
-        return json.loads(value)
-    return yaml.load(block, Loader=LOADER)[key]
+    value = None if block is None else load_yaml(block)[key]
+    return None if value == {} else value
