@@ -168,7 +168,7 @@ def html_table(frame: Any) -> str:
 
 
 def _cells(column: Any) -> list[str]:
-    """A column's cells as pandas shows them: numbers to 4 significant digits, NaN blank."""
+    """A column's cells as pandas shows them: floats to 4 significant digits, NaN blank."""
     return [escape(_cell(value).strip(), quote=False) for value in column.tolist()]
 
 
