@@ -152,7 +152,7 @@ def _load_yaml(path: Path, quick: Callable[[str], Any] | None = None) -> Any:
         raise DafError(f"{path}: malformed YAML ({problem})") from None
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_text(path: str | os.PathLike[str], text: str) -> None:
     with open(path, "w", encoding="utf-8", newline="") as file:
         file.write(text)
 
@@ -366,7 +366,7 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _link_or_copy(source: Path, target: Path) -> bool:
+def _link_or_copy(source: str, target: str) -> bool:
     """Hard-link ``source`` as ``target`` (True), or write a copy."""
     try:
         os.link(source, target)
@@ -832,7 +832,7 @@ class FilesWriter(FilesReader, Writer):
         count = reader._plain_axis_count(axis)  # checked: any subset of its lines is valid too
         if count is None:
             return False
-        self._copy_lines(reader._dir / f"{axis}#.csv", take)
+        self._copy_lines(reader._dir, f"{axis}#.csv", take)
         self._axes[axis] = None
         self._cache[("size", axis)] = count if take is None else len(take)
         return True
@@ -840,7 +840,7 @@ class FilesWriter(FilesReader, Writer):
     def _copy_item_file(self, reader: Reader, name: str) -> bool:
         if not isinstance(reader, FilesReader):
             return False
-        self._copy_lines(reader._dir / f"{name}.yaml", None)
+        self._copy_lines(reader._dir, f"{name}.yaml", None)
         self._items.add(name)
         return True
 
@@ -852,28 +852,29 @@ class FilesWriter(FilesReader, Writer):
         kind = reader._vectors.get(axis, {}).get(prop)
         stem = f"{axis}#{prop}"
         if kind == "csv" and reader._lists(axis, prop):
-            self._copy_lines(reader._dir / f"{stem}.csv", take)
+            self._copy_lines(reader._dir, f"{stem}.csv", take)
         elif kind == "array" and take is None:
             size, dtype = reader._cached(("vector files", axis, prop), lambda: reader._vector(stem))
             if size != self.axis_size(axis):
                 return False  # set_data1d says what is wrong
-            if _link_or_copy(reader._dir / f"{stem}.array", self._dir / f"{stem}.array"):
-                self.linked.add(f"{stem}.array")
+            self._copy_lines(reader._dir, f"{stem}.array", None)
             self._write_sidecar(stem, {"dtype": dtype, "shape": [size]})
         else:
             return False
         self._vectors.setdefault(axis, {})[prop] = kind
         return True
 
-    def _copy_lines(self, source: Path, take: np.ndarray | None) -> None:
-        """Copy the CSV file ``source`` as a file of this dataset: linked, or, with ``take``, its
-        header and the lines after it at those positions."""
-        target = self._dir / source.name
+    def _copy_lines(self, folder: Path, name: str, take: np.ndarray | None) -> None:
+        """Copy the file ``name`` of the dataset in ``folder`` as a file of this dataset: linked,
+        or, with ``take`` (a CSV file), its header and the lines after it at those positions.
+        Paths as text: a result links a few dozen files, and pathlib costs more than a link."""
+        source, target = f"{folder}/{name}", f"{self._dir}/{name}"
         if take is None:
             if _link_or_copy(source, target):
-                self.linked.add(target.name)
+                self.linked.add(name)
             return
-        data = source.read_bytes()
+        with open(source, "rb") as file:
+            data = file.read()
         header_end = data.index(b"\n") + 1
         with open(target, "wb") as file:
             file.write(data[:header_end])
@@ -1043,8 +1044,8 @@ class FilesWriter(FilesReader, Writer):
         """Write ``text`` as the file ``name``, or link the file of that name of the dataset this
         one copies its axes from if it holds exactly these bytes (the header, an item, a sidecar
         carried unchanged: see :func:`~opchain.atomic.link_same`)."""
-        target = self._dir / name
-        if self._like is not None and link_same(self._like / name, target, text.encode()):
+        target = f"{self._dir}/{name}"
+        if self._like is not None and link_same(f"{self._like}/{name}", target, text.encode()):
             self.linked.add(name)
         else:
             _write_text(target, text)
